@@ -1,0 +1,7 @@
+"""`python -m mwnet` behaves like the `mwnet` command."""
+
+import sys
+
+from mwnet.cli import main
+
+sys.exit(main())
