@@ -21,7 +21,7 @@ class MetaWeightNet(nn.Module):
 
     def __init__(self, hidden: int | Sequence[int] = 100) -> None:
         super().__init__()
-        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden) if isinstance(hidden, Sequence) else ()
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"hidden must be a positive int or a non-empty tuple of positive ints, got {hidden!r}")
         self.hidden = widths
