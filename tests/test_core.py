@@ -464,3 +464,4 @@ def test_bad_options_are_named(kwargs, message):
     model, opt, wnet, wopt = make_setup("mlp")
     with pytest.raises(ValueError, match=message):
         MetaReweighter(model, opt, wnet, wopt, **kwargs)
+
