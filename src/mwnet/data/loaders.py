@@ -1,0 +1,180 @@
+"""Batches on the target device: the whole data set as one tensor there, shuffled by the loader's own generator,
+uint8 → float / 255, augmented on whole batches with tensor ops (airbench style) and normalised per channel.
+
+`BatchLoader` saves its exact position (permutation, position in it, generator state), so a run resumed
+mid-epoch sees the same remaining batches; `MetaSampler` draws meta batches forever, reshuffling every pass. A
+`LazyImages` (an image folder too large for memory) is decoded batch by batch on the host and then moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def draw_augmentation(n: int, generator: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop offsets (n, 2) in [0, 2·pad] (rows, columns) and horizontal flips (n,) bool with p = 1/2."""
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n,), generator=generator).bool()
+    return offsets, flips
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Reflect-pad (N, C, H, W) by `pad`, crop H×W at `offsets`, mirror the rows of `flips`; one gather.
+
+    Output pixel (i, j) of sample k is padded[k, :, oy + i, ox + j], or padded[k, :, oy + i, ox + W − 1 − j] when
+    flipped: the crop and the flip are a single index computation over the whole batch.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    offsets, flips = offsets.to(x.device), flips.to(x.device)
+    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # (n, h)
+    cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # (n, w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _stat_tensor(value: Any, shape: Sequence[int], device: torch.device, name: str) -> torch.Tensor | None:
+    """mean/std as a tensor that broadcasts over a batch: (1, C, 1, 1) for images, (1, D) for tables."""
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=torch.float32).reshape(-1).to(device)
+    ndim = len(shape)
+    if ndim > 1 and len(t) not in (1, shape[1]):
+        raise ValueError(f"{name} has {len(t)} values for {shape[1]} channels/features")
+    if ndim == 4:
+        return t.view(1, -1, 1, 1)
+    return t.view(1, -1) if ndim == 2 else t
+
+
+class BatchLoader:
+    """Shuffled mini-batches (x float32, y int64, idx int64 positions in x) on `device`.
+
+    Args:
+        x: uint8 images (N, C, H, W) (scaled by 1/255), float tensors (N, …) used as they are, or a `LazyImages`.
+        y: labels (N,).
+        batch_size: samples per batch [100]; shuffle: a new permutation each epoch [True]; seed: the loader's own
+            generator [0]; device: where batches live [cpu]; augment: reflect-pad 4, random crop, horizontal flip
+            [False]; mean, std: per-channel normalisation applied after scaling [None: none]; drop_last: skip a
+            last partial batch [False].
+    """
+
+    def __init__(self, x: Any, y: Any, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
+                 device: str | torch.device = "cpu", augment: bool = False, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, drop_last: bool = False, pad: int = 4) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        self.device = torch.device(device)
+        self.lazy = not isinstance(x, torch.Tensor)
+        self.x = x if self.lazy else x.to(self.device)
+        self.y = torch.as_tensor(y, dtype=torch.int64).to(self.device)
+        ndim = len(x.shape)
+        if augment and ndim != 4:
+            raise ValueError(f"augmentation needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        if augment and min(x.shape[2:]) <= pad:
+            raise ValueError(f"augmentation pads by {pad}: images must be larger than that, got {tuple(x.shape)}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        self.mean = _stat_tensor(mean, x.shape, self.device, "mean")
+        self.std = _stat_tensor(std, x.shape, self.device, "std")
+        self.scale = x.dtype == torch.uint8
+        self.batch_size, self.shuffle, self.augment, self.drop_last, self.pad = batch_size, shuffle, augment, \
+            drop_last, pad
+        self.generator = torch.Generator().manual_seed(int(seed))  # on the host: same numbers on every device
+        self.epoch = 0  # completed epochs
+        self._perm: torch.Tensor | None = None  # the permutation of the epoch in progress
+        self._pos = 0  # samples of it already handed out
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The rest of the epoch in progress (after a `load_state_dict` or an interrupted loop), else a new one."""
+        n = len(self.y)
+        if self._perm is None:
+            self._perm = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            self._pos = 0
+        end = n - n % self.batch_size if self.drop_last else n
+        while self._pos < end:
+            idx = self._perm[self._pos: self._pos + self.batch_size]
+            self._pos += len(idx)  # counted before yielding: a checkpoint taken on this batch resumes after it
+            yield self._batch(idx)
+        self._perm, self._pos = None, 0
+        self.epoch += 1
+
+    def _batch(self, idx: torch.Tensor) -> Batch:
+        idx_dev = idx.to(self.device)
+        xb = self.x[idx].to(self.device, non_blocking=True) if self.lazy else self.x[idx_dev]
+        xb = xb.float()
+        if self.scale:
+            xb = xb.mul_(1.0 / 255.0)
+        if self.augment:
+            offsets, flips = draw_augmentation(len(idx), self.generator, self.pad)
+            xb = crop_flip(xb, offsets, flips, self.pad)
+        if self.mean is not None:
+            xb = (xb - self.mean) / self.std
+        return xb, self.y[idx_dev], idx_dev
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here: epoch, position, permutation, generator state."""
+        return {"epoch": self.epoch, "position": self._pos, "size": len(self.y),
+                "permutation": None if self._perm is None else self._perm.clone(),
+                "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["size"]) != len(self.y):
+            raise ValueError(f"loader state is for {state['size']} samples, this loader has {len(self.y)}")
+        self.epoch = int(state["epoch"])
+        self._pos = int(state["position"])
+        perm = state["permutation"]
+        self._perm = None if perm is None else torch.as_tensor(perm, dtype=torch.int64).cpu().clone()
+        self.generator.set_state(torch.as_tensor(state["rng"], dtype=torch.uint8).cpu())
+
+
+class MetaSampler:
+    """Meta batches without end: shuffled passes over the meta set, a new permutation each pass.
+
+    Same arguments as `BatchLoader` (a last partial batch of a pass is kept, as the official loader does).
+    """
+
+    def __init__(self, x: Any, y: Any, batch_size: int = 100, seed: int = 0, device: str | torch.device = "cpu",
+                 augment: bool = False, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        if len(y) == 0:
+            raise ValueError("the meta set is empty")
+        self.loader = BatchLoader(x, y, batch_size=batch_size, shuffle=True, seed=seed, device=device,
+                                  augment=augment, mean=mean, std=std)
+        self._iter: Iterator[Batch] | None = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next meta batch (x, y)."""
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        try:
+            xb, yb, _ = next(self._iter)
+        except StopIteration:
+            self._iter = iter(self.loader)
+            xb, yb, _ = next(self._iter)
+        return xb, yb
+
+    __next__ = next
+
+    def __iter__(self) -> MetaSampler:
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)
+        self._iter = None
