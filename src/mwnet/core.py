@@ -292,7 +292,8 @@ def _replayed_rng(state: dict | None, inputs: tuple[Tensor, ...]) -> Iterator[No
         yield
 
 
-def _capture_rng(device: torch.device) -> dict:
+def capture_rng_state(device: torch.device) -> dict:
+    """The RNG state to pass as `weight_sensitivity(rng_state=...)`: take it just before the first forward."""
     state = {"cpu": torch.get_rng_state(), "device": None}
     if device.type != "cpu" and device.type != "meta":
         module = torch.get_device_module(device.type)
@@ -400,7 +401,7 @@ class MetaReweighter:
         device = y.device
         snapshot = {k: b.detach().clone() for k, b in model.named_buffers()}
         params, lrs = self._trainable()
-        rng_state = _capture_rng(device) if update_meta else None
+        rng_state = capture_rng_state(device) if update_meta else None
 
         # First forward: train mode on scratch buffers, so nothing of the model changes until the step succeeds.
         # Its graph serves both the virtual step and the real update (no second forward over x).

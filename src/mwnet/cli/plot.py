@@ -1,0 +1,38 @@
+"""`mwnet plot RUN_DIR ...`: redraw a run's figures from its metrics.jsonl (no checkpoint needed)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="redraw the figures of one or more run directories from their metrics",
+        description="Redraw RUN_DIR/figures/*.png (weighting function, weights of clean vs corrupted samples or per "
+                    "class, accuracy per epoch) from RUN_DIR/metrics.jsonl. With --compare, also draw the test "
+                    "accuracy of all the given runs in one figure.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory written by `mwnet train`")
+    parser.add_argument("--compare", metavar="PNG", help="also write the test accuracy of all runs to this file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mwnet.plots import plot_accuracy, plot_run, read_metrics, run_title
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    for run_dir in run_dirs:  # validate every input before drawing anything
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"no such run directory: {run_dir}")
+        if not read_metrics(run_dir):
+            raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no epoch yet")
+    if args.compare and not Path(args.compare).parent.is_dir():
+        raise FileNotFoundError(f"no such directory for --compare: {Path(args.compare).parent}")
+    for run_dir in run_dirs:
+        for path in plot_run(run_dir):
+            print(path)
+    if args.compare:
+        plot_accuracy({f"{run_title(d)} [{d.name}]": read_metrics(d) for d in run_dirs}, args.compare)
+        print(args.compare)
+    return 0

@@ -1,0 +1,178 @@
+"""The runner on scikit-learn's digits: the run directory, the metrics (against naive references), LR schedules by
+epoch and by iteration, and exact resumption after SIGKILL between epochs and after Ctrl-C + SIGKILL mid-epoch."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mwnet.experiment.config import resolve_config
+from mwnet.experiment.metrics import auroc, per_class_accuracy, weight_statistics
+from mwnet.experiment.runner import FAULT_ENV, train
+
+# A run of a few seconds: digits (1,337 train after a 100-image meta set), a small MLP, noisy labels.
+TINY = {"dataset": "digits", "noise": "uniform:0.4", "meta_per_class": 10, "model": "mlp",
+        "model_options": {"hidden": [32]}, "epochs": 2, "batch_size": 100, "meta_batch_size": 50, "device": "cpu",
+        "lr_milestones": [1], "meta_lr": 0.01}
+SUMMARY_KEYS = {"method", "dataset", "model", "noise", "imbalance", "seed", "epochs", "best_test_acc",
+                "last_test_acc", "weight_auroc", "train_seconds"}
+
+
+@pytest.fixture(scope="module")
+def mwnet_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    summary = train(resolve_config(None, TINY), out)
+    return out, summary
+
+
+def test_auroc_matches_pairwise_counting():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(2, 40))
+        scores = rng.integers(0, 5, n).astype(float)  # many ties
+        positive = rng.random(n) < 0.5
+        if positive.all() or not positive.any():
+            assert auroc(scores, positive) is None
+            continue
+        pairs = [(1.0 if p > q else 0.5 if p == q else 0.0)
+                 for p, q in itertools.product(scores[positive], scores[~positive])]
+        assert auroc(scores, positive) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert auroc(np.array([0.1, 0.9]), np.array([False, True])) == 1.0
+
+
+def test_per_class_accuracy_and_weight_statistics_match_naive_loops():
+    rng = np.random.default_rng(1)
+    pred, true = rng.integers(0, 4, 50), rng.integers(0, 3, 50)
+    naive = [np.mean(pred[true == k] == k) if (true == k).any() else None for k in range(4)]
+    assert per_class_accuracy(pred, true, 4) == pytest.approx(naive)
+    weights, losses = rng.random(50), rng.random(50)
+    corrupted = rng.random(50) < 0.3
+    stats = weight_statistics(weights, losses, true, corrupted, 4)
+    assert stats["weight_mean_clean"] == pytest.approx(weights[~corrupted].mean())
+    assert stats["weight_mean_corrupted"] == pytest.approx(weights[corrupted].mean())
+    assert stats["weight_auroc"] == pytest.approx(auroc(weights, ~corrupted))
+    assert stats["weight_by_class"][:3] == pytest.approx([weights[true == k].mean() for k in range(3)])
+    assert stats["weight_by_class"][3] is None and stats["weight_quantiles_by_class"][3] is None
+    assert stats["weight_quantiles_by_class"][0] == pytest.approx(
+        np.quantile(weights[true == 0], [0.1, 0.25, 0.5, 0.75, 0.9]).tolist())
+    assert sum(stats["weight_hist"]["all"]) == 50 and sum(stats["weight_hist"]["corrupted"]) == corrupted.sum()
+    no_truth = weight_statistics(weights, losses, true, None, 4)
+    assert no_truth["weight_auroc"] is None and "clean" not in no_truth["weight_hist"]
+
+
+def test_run_directory_holds_every_output(mwnet_run):
+    out, summary = mwnet_run
+    assert set(summary) >= SUMMARY_KEYS
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["method"] == "mwnet" and summary["epochs"] == 2 and summary["iterations"] == 28
+    assert 0.5 < summary["weight_auroc"] <= 1  # V separates clean from corrupted samples already
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "mlp" and config["noise"] == "uniform:0.4" and config["meta_lr"] == 0.01
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and [r["iteration"] for r in records] == [14, 28]
+    assert [r["lr"] for r in records] == [0.1, pytest.approx(0.01)]
+    assert records[-1]["test_acc"] == summary["last_test_acc"]
+    assert max(r["test_acc"] for r in records) == summary["best_test_acc"]
+    assert len(records[0]["test_acc_per_class"]) == 10
+    curve = records[-1]["weight_curve"]
+    assert len(curve["loss"]) == len(curve["weight"]) == 64 and all(0 < w < 1 for w in curve["weight"])
+    assert not any(key in line for key in ("seconds", "time") for line in (out / "metrics.jsonl").read_text())
+    assert [json.loads(line)["epoch"] for line in (out / "timing.jsonl").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "test_accuracy.png", "weight_distribution.png", "weighting_function.png"]
+
+    with open(out / "suspects.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["rank", "index", "given_label", "weight", "loss", "true_label", "corrupted"]
+    assert len(rows) == summary["train_size"] == len({r["index"] for r in rows})
+    weights = [float(r["weight"]) for r in rows]
+    assert weights == sorted(weights)
+    # Low weights should be mostly corrupted samples: the top of the list is worth a look.
+    top = rows[: len(rows) // 10]
+    assert np.mean([r["corrupted"] == "1" for r in top]) > summary["noise_rate_actual"]
+    assert all((r["given_label"] != r["true_label"]) == (r["corrupted"] == "1") for r in rows)
+
+
+def test_an_existing_run_is_refused_and_overwrite_only_replaces_run_files(mwnet_run, tmp_path):
+    out, _ = mwnet_run
+    with pytest.raises(ValueError, match=r"already holds a run: pass --resume .* or --overwrite"):
+        train(resolve_config(None, TINY), out)
+    with pytest.raises(ValueError, match=r"nothing to resume: no checkpoint\.pt"):
+        train(resolve_config(None, TINY), tmp_path / "empty", resume=True)
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "summary.json").write_text("{}")
+    summary = train(resolve_config(None, {**TINY, "method": "ce", "epochs": 1, "imbalance": 5.0, "noise": None}),
+                    tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # Plain CE: every weight is 1 (AUROC has no ground truth without noise), suspects ranked by loss.
+    assert summary["weight_auroc"] is None and summary["noise"] is None
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["weight_mean"] == 1.0 and record["weight_curve"]["weight"] == [1.0] * 64
+    assert record["weight_by_class"] == [1.0] * 10
+    with open(tmp_path / "suspects.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert "true_label" not in rows[0]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses == sorted(losses, reverse=True)
+
+
+def test_lr_schedule_counted_in_iterations_with_a_truncated_last_epoch(tmp_path):
+    config = resolve_config(None, {**TINY, "method": "ce", "iterations": 30, "lr_milestones": [20],
+                                   "lr_unit": "iteration"})
+    summary = train(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # 14 iterations per epoch: epochs end at 14, 28 and (truncated) 30; iterations 21+ run at lr 0.01.
+    assert [r["iteration"] for r in records] == [14, 28, 30]
+    assert [r["lr"] for r in records] == [0.1, pytest.approx(0.01), pytest.approx(0.01)]
+    assert summary["epochs"] == 3 and json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
+
+
+def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = fault
+    return subprocess.run([sys.executable, "-m", "mwnet", "train", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+RESUME_FLAGS = ["--dataset", "digits", "--noise", "uniform:0.4", "--model", "mlp", "--model-option", "hidden=[32]",
+                "--epochs", "3", "--lr-milestones", "2", "--meta-batch-size", "50", "--meta-lr", "0.01",
+                "--device", "cpu", "--quiet"]
+
+
+def test_resume_after_sigkill_and_ctrl_c_reproduces_metrics_byte_for_byte(tmp_path):
+    reference = tmp_path / "reference"
+    assert _cli([*RESUME_FLAGS, "--out", str(reference)]).returncode == 0
+    expected = (reference / "metrics.jsonl").read_bytes()
+    assert expected.count(b"\n") == 3
+
+    # SIGKILL after epoch 1's metrics line, before its checkpoint: the line is written again on resume.
+    killed = tmp_path / "killed"
+    assert _cli([*RESUME_FLAGS, "--out", str(killed)], fault="kill@epoch-end:1").returncode == -9
+    assert (killed / "metrics.jsonl").read_bytes().count(b"\n") == 1
+    assert _cli(["--out", str(killed), "--resume", "--quiet"]).returncode == 0
+    assert (killed / "metrics.jsonl").read_bytes() == expected
+
+    # Ctrl-C in the middle of epoch 2 (a mid-epoch checkpoint), then SIGKILL in the middle of epoch 3.
+    interrupted = tmp_path / "interrupted"
+    first = _cli([*RESUME_FLAGS, "--out", str(interrupted)], fault="int@iteration:19")
+    assert first.returncode == 130
+    assert first.stderr.strip().splitlines()[-1] == (
+        f"mwnet: interrupted in epoch 2 at iteration 19; checkpoint saved. Resume with: mwnet train --out "
+        f"{interrupted} --resume")
+    assert _cli(["--out", str(interrupted), "--resume", "--quiet"], fault="kill@iteration:33").returncode == -9
+    assert (interrupted / "metrics.jsonl").read_bytes().count(b"\n") == 2
+    assert _cli(["--out", str(interrupted), "--resume", "--quiet"]).returncode == 0
+    assert (interrupted / "metrics.jsonl").read_bytes() == expected
+    summary = json.loads((interrupted / "summary.json").read_text())
+    assert summary["resumes"] == 2 and summary["best_test_acc"] == json.loads(
+        (reference / "summary.json").read_text())["best_test_acc"]
