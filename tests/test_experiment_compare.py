@@ -234,3 +234,15 @@ def test_markdown_bolds_each_settings_winner_and_shows_missing_cells(filled):
     assert data["results"][S1]["ce"]["best_test_acc"]["std"] == pytest.approx(math.sqrt(13.0), rel=1e-5)
     assert data["torch_version"] and data["machine"]["cpu"] and len(data["cells"]) == 14
     assert {c["status"] for c in data["cells"]} == {"done", "todo"}
+
+
+def test_markdown_lists_diverged_cells(filled):
+    grid, out = filled
+    summary_path = Cell(S1, "focal", 0).run_dir(out) / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["diverged"] = {"epoch": 4, "iteration": 321, "error": "non-finite training loss on 100 of 100 samples"}
+    summary_path.write_text(json.dumps(summary))
+    markdown = compare.format_markdown(aggregate(grid, out))
+    section = markdown.split("## Diverged cells")[1].split("## ")[0]
+    assert "- fmnist-uniform-40/focal/seed0: epoch 4, iteration 321 (non-finite training loss" in section
+    assert markdown.count("epoch 4, iteration 321") == 1

@@ -176,3 +176,16 @@ def test_resume_after_sigkill_and_ctrl_c_reproduces_metrics_byte_for_byte(tmp_pa
     summary = json.loads((interrupted / "summary.json").read_text())
     assert summary["resumes"] == 2 and summary["best_test_acc"] == json.loads(
         (reference / "summary.json").read_text())["best_test_acc"]
+
+
+def test_a_diverging_run_is_reported_not_crashed(tmp_path):
+    # lr 1e6 without momentum blows the MLP up within the first epoch: a non-finite loss stops training.
+    config = resolve_config(None, {**TINY, "method": "ce", "lr": 1e6, "momentum": 0.0, "nesterov": False,
+                                   "weight_decay": 0.0, "epochs": 3})
+    summary = train(config, tmp_path)
+    assert summary["completed"] is False
+    assert summary["diverged"]["epoch"] >= 1 and summary["diverged"]["error"].startswith("non-finite training loss")
+    assert 0.0 <= summary["last_test_acc"] <= 100.0
+    assert json.loads((tmp_path / "summary.json").read_text())["diverged"] == summary["diverged"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == summary["diverged"]["epoch"] - 1  # only the epochs that finished

@@ -438,7 +438,7 @@ def aggregate(grid: Grid, out: str | Path) -> dict[str, Any]:
         if entry["status"] == "done":
             summary = _read_json(run_dir / "summary.json")
             for key in ("best_test_acc", "best_epoch", "last_test_acc", "weight_auroc", "epochs", "train_seconds",
-                        "device", "torch_threads", "torch_version"):
+                        "device", "torch_threads", "torch_version", "diverged"):
                 entry[key] = summary.get(key)
             by_group.setdefault((cell.setting, cell.method), []).append(entry)
         cells.append(entry)
@@ -530,6 +530,12 @@ def format_markdown(results: Mapping[str, Any]) -> str:
                   "AUROC of the last epoch's sample weights as a detector of clean training samples (0.5 = chance; "
                   "only where the labels were corrupted), for the methods whose weights vary from sample to sample.",
                   "", *_table(results, "weight_auroc", bold=False, methods=learned, digits=3)]
+    diverged = [c for c in done if c.get("diverged")]
+    if diverged:
+        lines += ["", "## Diverged cells", "",
+                  "Training stopped on a non-finite loss; the last accuracy is that of the model it stopped with.", "",
+                  *[f"- {c['dir']}: epoch {c['diverged']['epoch']}, iteration {c['diverged']['iteration']} "
+                    f"({c['diverged']['error']})" for c in diverged]]
     missing = [c for c in cells if c["status"] != "done"]
     if missing:
         lines += ["", "## Missing cells", "",

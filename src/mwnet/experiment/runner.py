@@ -188,6 +188,7 @@ class _RunState:
     resumes: int = 0
     epoch: _EpochRecord | None = None  # the epoch in progress (restored from a mid-epoch checkpoint)
     last_record: dict | None = None
+    diverged: dict | None = None  # where training stopped on a non-finite loss
 
 
 def _build(config: TrainConfig, device: torch.device) -> _Setup:
@@ -299,7 +300,17 @@ def _train_epochs(setup: _Setup, state: _RunState, out: Path, log: Log, show_bar
             if method.wants_meta():
                 x_meta, y_meta = setup.meta.next()
             record.lr = float(setup.optimizer.param_groups[0]["lr"])  # the lr this step uses
-            result = method.step(x, y, x_meta, y_meta)
+            try:
+                result = method.step(x, y, x_meta, y_meta)
+            except ValueError as exc:
+                if not str(exc).startswith("non-finite"):
+                    raise
+                # Divergence is an outcome of the method, not a broken run: stop and report it in the summary.
+                state.diverged = {"epoch": epoch + 1, "iteration": state.iteration, "error": str(exc)}
+                if bar is not None:
+                    bar.close()
+                log(f"diverged in epoch {epoch + 1} at iteration {state.iteration}: {exc}")
+                return
             record.update(idx, result)
             state.iteration += 1
             if config.lr_unit == "iteration":
@@ -484,7 +495,12 @@ def _finish(setup: _Setup, state: _RunState, out: Path, log: Log) -> dict[str, A
     losses, weights = _score_training_set(setup.model, setup.method, loader, len(split.y_train))
     _write_suspects(out / "suspects.csv", split, weights, losses, _knows_truth(split))
 
-    last = state.last_record or {}
+    last = dict(state.last_record or {})
+    if state.diverged is not None:
+        # The model that training stopped with is the run's last model.
+        last["test_acc"] = evaluate(setup.model, setup.test_loader, split.num_classes)["acc"]
+        last["test_acc_per_class"] = None
+        last.setdefault("best_test_acc", last["test_acc"])
     full_epochs, rest = divmod(state.iteration, setup.iterations_per_epoch)
     samples = full_epochs * len(split.y_train) + min(rest * config.batch_size, len(split.y_train))
     summary = {
@@ -520,7 +536,8 @@ def _finish(setup: _Setup, state: _RunState, out: Path, log: Log) -> dict[str, A
         "mwnet_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "completed": True,
+        "completed": state.diverged is None,
+        "diverged": state.diverged,
     }
     summary = rounded(summary)
     _write_json_atomic(out / "summary.json", summary)
