@@ -247,7 +247,7 @@ def test_report_structure_on_a_tiny_run():
     assert [r.split(" | ")[0] for r in rows] == [
         "| plain CE training", "| official algorithm (yardstick)", "| mwnet forward (default)",
         "| mwnet double-backward", "| mwnet finite-difference", "| mwnet last-layer",
-        "| mwnet meta_interval=2 (forward)"]
+        "| mwnet meta_interval=2 (forward)", "| mwnet last-layer, meta_interval=2"]
     assert rows[0].split(" | ")[5] == "1.00"
     assert all(len(r.split(" | ")) == 7 for r in rows)
     assert "mwnet bench speed --test" in text and report.machine["cpu"] in text

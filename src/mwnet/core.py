@@ -180,7 +180,7 @@ def weight_sensitivity(
 
 def _directional_derivative_forward(model, primals, direction, buffers, inputs, targets, loss_fn, rng_state):
     """sᵢ = ⟨∇w ℓᵢ(w), u⟩ for all i from one dual-number forward pass (forward-mode AD)."""
-    with fwAD.dual_level(), _replayed_rng(rng_state, inputs), warnings.catch_warnings():
+    with fwAD.dual_level(), _replayed_rng(rng_state), warnings.catch_warnings():
         # torch's first forward-AD call scripts its jvp decompositions and warns that torch.jit is deprecated.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
         dual = {k: fwAD.make_dual(p, direction[k]) for k, p in primals.items()}
@@ -205,7 +205,7 @@ def _directional_derivative_central(model, primals, direction, buffers, inputs, 
     ends = []
     for sign in (1.0, -1.0):
         shifted = {k: p + sign * eps * direction[k] for k, p in primals.items()}
-        with _replayed_rng(rng_state, inputs):
+        with _replayed_rng(rng_state):
             ends.append(loss_fn(_call(model, shifted, buffers, inputs), targets))
     return (ends[0] - ends[1]) / (2 * eps)
 
@@ -279,7 +279,7 @@ def _check_finite_scalar(value: Tensor, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _replayed_rng(state: dict | None, inputs: tuple[Tensor, ...]) -> Iterator[None]:
+def _replayed_rng(state: dict | None) -> Iterator[None]:
     """Run a block with the RNG state of the first forward, then restore the current state (dropout masks)."""
     if state is None:
         yield
