@@ -189,3 +189,4 @@ def test_a_diverging_run_is_reported_not_crashed(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["diverged"] == summary["diverged"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["diverged"]["epoch"] - 1  # only the epochs that finished
+    assert (tmp_path / "figures").is_dir() == bool(lines)

@@ -543,7 +543,8 @@ def _finish(setup: _Setup, state: _RunState, out: Path, log: Log) -> dict[str, A
     _write_json_atomic(out / "summary.json", summary)
     from mwnet.plots import plot_run
 
-    figures = plot_run(out)
+    # A run that diverged in its first epoch has no epoch to draw.
+    figures = plot_run(out) if state.epochs_done else []
     log(f"done: best test accuracy {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), last "
         f"{summary['last_test_acc']:.2f}%; {len(figures)} figures and suspects.csv in {out}")
     return summary
