@@ -8,20 +8,11 @@ import json
 import pytest
 
 import mwnet.experiment.compare as compare
-from mwnet.cli import main
+from cli_runner import run
 
 # Two cells of about a second each: scikit-learn's digits, a small MLP, one epoch.
 TINY = ["--settings", "demo-digits", "--methods", "ce,mwnet", "--epochs", "1", "--device", "cpu",
         "--set", 'model_options={"hidden": [32]}', "--quiet"]
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_compare_in_two_workers_then_continue_dry_run_and_report(tmp_path, capsys):

@@ -10,19 +10,10 @@ import pytest
 import torch
 
 import mwnet.cli.train as train_cli
-from mwnet.cli import main
+from cli_runner import run
 
 TINY = ["--dataset", "digits", "--noise", "uniform:0.4", "--model", "mlp", "--model-option", "hidden=[32]",
         "--epochs", "2", "--meta-batch-size", "50", "--device", "cpu"]
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_train_end_to_end_then_plot(tmp_path, capsys):

@@ -7,6 +7,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def init_conv_bn(model: nn.Module) -> None:
+    """He-normal (fan-out) weights for every conv, unit scale and zero shift for every batch norm."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class PadShortcut(nn.Module):
     """Option-A shortcut: subsample by `stride` and zero-pad the new channels, so the shortcut has no parameters."""
 
@@ -142,13 +152,8 @@ class BottleneckResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(in_planes, num_classes)
-        # He-normal (fan-out) convs, unit BN scales; the linear layer keeps PyTorch's default, as torchvision does.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # The linear layer keeps PyTorch's default, as torchvision does.
+        init_conv_bn(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, 32·width) pooled features, the input of `classifier`."""

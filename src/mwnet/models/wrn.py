@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mwnet.models.resnet import init_conv_bn
+
 
 class WideBlock(nn.Module):
     """BN-ReLU-conv3×3-BN-ReLU-dropout-conv3×3, plus the input (or a 1×1 conv of its activation when shapes change)."""
@@ -58,14 +60,8 @@ class WideResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(in_planes, num_classes)
         # As in the WRN code: He-normal (fan-out) convs, unit BN scales, zero linear bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
+        nn.init.zeros_(self.classifier.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, 64k) pooled features, the input of `classifier`."""
