@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mwnet import MetaReweighter, MetaWeightNet
-from mwnet.core import EXACT_HYPERGRADIENTS, HYPERGRADIENTS, normalize_weights
+from mwnet import MetaReweighter, MetaWeightNet, NonFiniteLossError
+from mwnet.core import STEP_PHASES
+from mwnet.hypergradients import EXACT_HYPERGRADIENTS, HYPERGRADIENTS
+from mwnet.losses import normalize_weights
+from mwnet.reference import official_step
 
 DTYPE = torch.float64
 
@@ -86,32 +89,6 @@ def meta_objective(model, wnet, x, y, xm, ym, lrs, normalize, only=None):
     return F.cross_entropy(clone(xm), ym).detach()
 
 
-def naive_step(model, opt, wnet, wopt, x, y, xm, ym, normalize, only=None):
-    """The official algorithm: a fresh model copy, create_graph through the virtual step, a second forward."""
-    names = {id(p): k for k, p in model.named_parameters()}
-    lrs = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
-    meta_model = copy.deepcopy(model).train()
-    fparams = {k: p for k, p in meta_model.named_parameters() if p.requires_grad and k in lrs
-               and (only is None or k in only)}
-    losses = F.cross_entropy(meta_model(x), y, reduction="none")
-    v = normalize_weights(wnet(losses.detach()), normalize)
-    grads = torch.autograd.grad((v * losses).sum(), list(fparams.values()), create_graph=True)
-    virtual = {k: p - lrs[k] * g for (k, p), g in zip(fparams.items(), grads)}
-    meta_buffers = {k: b.clone() for k, b in meta_model.named_buffers()}
-    meta_loss = F.cross_entropy(torch.func.functional_call(meta_model, {**virtual, **meta_buffers}, (xm,)), ym)
-    wopt.zero_grad()
-    meta_loss.backward()
-    wopt.step()
-    model.train()
-    losses = F.cross_entropy(model(x), y, reduction="none")  # the second forward (moves BN statistics)
-    with torch.no_grad():
-        v = normalize_weights(wnet(losses.detach()), normalize)
-    opt.zero_grad()
-    (v * losses).sum().backward()
-    opt.step()
-    return float(meta_loss.detach())
-
-
 def assert_states_close(a: nn.Module, b: nn.Module, tol: float) -> None:
     for (ka, ta), (kb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb
@@ -177,7 +154,7 @@ def test_three_steps_equal_naive_official_algorithm(kind, normalize, mode):
     for it in range(3):
         x, y, xm, ym = batches(kind, seed=it)
         result = rw.step(x, y, xm, ym)
-        ref_meta = naive_step(ref[0], ref_opt, ref[1], ref_wopt, x, y, xm, ym, normalize)
+        ref_meta = official_step(ref[0], ref_opt, ref[1], ref_wopt, x, y, xm, ym, normalize=normalize)
         sched.step()
         ref_sched.step()
         assert abs(result.meta_loss - ref_meta) < 1e-10
@@ -226,11 +203,11 @@ def test_frozen_parameters_stay_untouched_and_step_matches_naive():
     ref, ref_wnet = copy.deepcopy(model), copy.deepcopy(wnet)
     ref_opt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     ref_wopt = torch.optim.SGD(ref_wnet.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    rw = MetaReweighter(model, opt, wnet, wopt)
+    rw = MetaReweighter(model, opt, wnet, wopt, normalize="mean")
     for it in range(2):
         x, y, xm, ym = batches("cnn", seed=it)
         rw.step(x, y, xm, ym)
-        naive_step(ref, ref_opt, ref_wnet, ref_wopt, x, y, xm, ym, "mean")
+        official_step(ref, ref_opt, ref_wnet, ref_wopt, x, y, xm, ym, normalize="mean")
     assert torch.equal(model.features[0].weight, frozen)
     assert_states_close(model, ref, 1e-10)
     assert_states_close(wnet, ref_wnet, 1e-10)
@@ -314,8 +291,8 @@ def test_last_layer_mode_equals_virtual_step_on_the_last_layer_only():
     for it in range(3):
         x, y, xm, ym = batches("cnn", seed=it)
         result = rw.step(x, y, xm, ym)
-        ref_meta = naive_step(ref, ref_opt, ref_wnet, ref_wopt, x, y, xm, ym, "sum",
-                              only={"classifier.weight", "classifier.bias"})
+        ref_meta = official_step(ref, ref_opt, ref_wnet, ref_wopt, x, y, xm, ym, normalize="sum",
+                                 only={"classifier.weight", "classifier.bias"})
         assert abs(result.meta_loss - ref_meta) < 1e-10
     assert_states_close(model, ref, 1e-10)
     assert_states_close(wnet, ref_wnet, 1e-10)
@@ -465,3 +442,66 @@ def test_bad_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MetaReweighter(model, opt, wnet, wopt, **kwargs)
 
+
+
+# ---- typed errors, all-or-nothing updates, sub-module modes, phase marks -------------------------------------
+
+
+def test_non_finite_training_loss_is_a_typed_error():
+    model, opt, wnet, wopt = make_setup("mlp")
+    x, y, xm, ym = batches("mlp")
+    x[3, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss") as info:
+        MetaReweighter(model, opt, wnet, wopt).step(x, y, xm, ym)
+    assert info.value.what == "training loss" and isinstance(info.value, ValueError)
+
+
+def test_weight_net_update_that_makes_v_non_finite_is_undone():
+    model, opt, wnet, wopt = make_setup("cnn")
+    rw = MetaReweighter(model, opt, wnet, wopt)
+    rw.step(*batches("cnn", seed=9))  # both optimizers now hold momentum state
+    before = snapshot(model, opt, wnet, wopt)
+    wopt.param_groups[0]["lr"] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="sample weights after the weight-net update"):
+        rw.step(*batches("cnn", seed=1))
+    wopt.param_groups[0]["lr"] = 0.05
+    assert states_equal(before, snapshot(model, opt, wnet, wopt))
+    assert rw.iteration == 1
+
+
+def test_non_finite_weight_on_a_non_meta_iteration_raises_before_the_update():
+    model, opt, wnet, wopt = make_setup("mlp")
+    rw = MetaReweighter(model, opt, wnet, wopt, meta_interval=2)
+    rw.step(*batches("mlp", seed=0))
+    with torch.no_grad():
+        next(wnet.parameters()).fill_(float("nan"))
+    before = snapshot(model, opt)
+    x, y, _, _ = batches("mlp", seed=1)
+    with pytest.raises(NonFiniteLossError, match="weighted training loss"):
+        rw.step(x, y)
+    assert states_equal(before, snapshot(model, opt))
+
+
+def test_sub_modules_keep_the_mode_the_user_set():
+    """A frozen-BN backbone (eval) inside a training model keeps its running statistics and its mode."""
+    model, opt, wnet, wopt = make_setup("cnn")
+    model.train()
+    model.features.eval()
+    stats = {k: b.clone() for k, b in model.features.named_buffers()}
+    for mode in HYPERGRADIENTS:
+        MetaReweighter(model, opt, wnet, wopt, hypergradient=mode).step(*batches("cnn"))
+        assert model.training and not model.features.training
+        assert all(not m.training for m in model.features.modules())
+        for k, b in model.features.named_buffers():
+            assert torch.equal(b, stats[k]), (mode, k)
+
+
+@pytest.mark.parametrize("mode", HYPERGRADIENTS)
+def test_every_phase_is_marked_for_the_profiler(mode):
+    model, opt, wnet, wopt = make_setup("cnn")
+    rw = MetaReweighter(model, opt, wnet, wopt, hypergradient=mode)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        rw.step(*batches("cnn"))
+    seen = {e.name for e in prof.events()}
+    expected = set(STEP_PHASES) - ({"mwnet.sensitivity"} if mode == "double-backward" else set())
+    assert expected <= seen, expected - seen

@@ -1,80 +1,55 @@
-"""One Meta-Weight-Net iteration for any `nn.Module` (Shu et al., NeurIPS 2019; ../shared/PAPER.md).
+"""One Meta-Weight-Net iteration for any `nn.Module` (Shu et al., NeurIPS 2019; docs/algorithm.md).
 
-Notation (PAPER.md): train batch (x, y) of size n, meta batch of size m, classifier parameters w with learning
-rates α (per parameter group), weighting function V(·; Θ), per-sample losses ℓᵢ(w), weights vᵢ = V(ℓᵢ; Θ) and
-normalised weights ṽᵢ = vᵢ / Z with Z = n ("mean") or Z = Σ vᵢ ("sum").
+Notation: train batch (x, y) of size n, meta batch of size m, classifier parameters w with learning rates α (per
+parameter group), weighting function V(·; Θ), per-sample losses ℓᵢ(w), weights vᵢ = V(ℓᵢ; Θ) and normalised
+weights ṽᵢ = vᵢ / Z with Z = Σ vᵢ ("sum", the default) or Z = n ("mean").
 
     virtual step   ŵ(Θ) = w − α ∇w Σᵢ ṽᵢ ℓᵢ(w)
     weight net     Θ ← opt_Θ(∇Θ L_meta(ŵ(Θ)))
     real step      w ← opt_w(∇w Σᵢ ṽᵢ(Θ_new) ℓᵢ(w))
 
-The hypergradient factors through the weights: ∇Θ L_meta = Σᵢ (∂L_meta/∂ṽᵢ) ∂ṽᵢ/∂Θ, and
+The hypergradient factors through the weights, ∇Θ L_meta = Σᵢ (∂L_meta/∂ṽᵢ) ∂ṽᵢ/∂Θ: a hypergradient mode
+(`mwnet.hypergradients`) computes the n-vector ∂L_meta/∂ṽ and the step backpropagates it through V alone.
 
-    ∂L_meta/∂ṽᵢ = −⟨∇w ℓᵢ(w), α ⊙ ∇L_meta(ŵ)⟩ = −sᵢ,
-
-so every exact mode computes the n-vector ∂L_meta/∂ṽ (`weight_sensitivity`) and then backpropagates it
-through V alone. The modes differ in how they get it:
-
-* "forward" (default): one ordinary backward for ŵ, one for ∇L_meta(ŵ), and all sᵢ at once as the tangent of
-  the per-sample losses along u = α ⊙ ∇L_meta(ŵ), from a single forward-mode (dual-number) pass. No
-  create_graph, no second-order backward.
-* "double-backward": the textbook route: create_graph through the virtual step and a second-order backward.
-* "finite-difference": sᵢ ≈ (ℓᵢ(w + εu) − ℓᵢ(w − εu)) / 2ε from two no-grad forwards (approximate).
-* "last-layer": the virtual step moves only the final linear layer; the meta features are computed once and
-  sᵢ is closed form (approximate: a different, cheaper bi-level problem).
-
-Batch norm follows the official code: the virtual/meta/dual passes run in train mode on throwaway copies of the
-buffers, so they use batch statistics and leave the model's running statistics alone; the real model's
-statistics change once per step, exactly as after one train-mode forward on x.
+`reweighted_step` is the one step every meta method shares: a first forward on x whose graph serves both the
+virtual and the real update, a weighting rule (MW-Net's here, L2RW's in `mwnet.methods.l2rw`), and the weighted
+real update. Batch norm follows the official code: every extra pass runs in train mode on throwaway copies of
+the buffers (batch statistics, the model's running statistics untouched); the model's statistics change once per
+step, exactly as after one train-mode forward on x, and only when the step succeeds. Each phase is marked with
+`record_function` (names in `STEP_PHASES`), so a profiler shows where the time goes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.autograd.forward_ad as fwAD
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.profiler import record_function
 from torch.func import functional_call
 
-Normalize = Literal["mean", "sum"]
+from mwnet.errors import NonFiniteLossError
+from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state, check_mode, weight_sensitivity
+from mwnet.hypergradients.last_layer import resolve_last_layer
+from mwnet.losses import NORMALIZATIONS, LossFn, mean_cross_entropy, normalize_weights, per_sample_cross_entropy
+
+Normalize = Literal["sum", "mean"]
 Hypergradient = Literal["forward", "double-backward", "finite-difference", "last-layer"]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
-NORMALIZATIONS: tuple[str, ...] = ("mean", "sum")
-HYPERGRADIENTS: tuple[str, ...] = ("forward", "double-backward", "finite-difference", "last-layer")
-EXACT_HYPERGRADIENTS: tuple[str, ...] = ("forward", "double-backward")
-
-
-def per_sample_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Cross-entropy per sample, shape (n,): the default training loss."""
-    return F.cross_entropy(logits, targets, reduction="none")
-
-
-def mean_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy: the default meta loss."""
-    return F.cross_entropy(logits, targets)
-
-
-def normalize_weights(weights: Tensor, normalize: str) -> Tensor:
-    """ṽ = v / Z with Z = n ("mean") or Z = Σ v ("sum", Z = 1 when Σ v = 0), differentiable in v."""
-    if normalize == "mean":
-        return weights / weights.shape[0]
-    if normalize == "sum":
-        total = weights.sum()
-        return weights / torch.where(total == 0, torch.ones_like(total), total)
-    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+#: The phases of a step, in order, as marked with `torch.autograd.profiler.record_function`.
+STEP_PHASES: tuple[str, ...] = ("mwnet.forward", "mwnet.weight_net_forward", "mwnet.virtual_step",
+                                "mwnet.meta_gradient", "mwnet.sensitivity", "mwnet.weight_net_update",
+                                "mwnet.real_update")
 
 
 @dataclass
 class StepResult:
-    """What one `MetaReweighter.step` did.
+    """What one step did.
 
     Attributes:
         loss: the weighted training loss Σ ṽᵢ ℓᵢ of the real update.
@@ -93,218 +68,92 @@ class StepResult:
     meta_updated: bool
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The functional core: ∂L_meta(ŵ)/∂ṽ for a batch, from explicit inputs.
-# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class FirstForward:
+    """The step's first forward on x, handed to a weighting rule; `problem()` poses the virtual step on it."""
+
+    model: nn.Module
+    params: dict[str, Tensor]
+    lrs: dict[str, float]
+    buffers: dict[str, Tensor]
+    inputs: tuple[Tensor, ...]
+    targets: Tensor
+    losses: Tensor
+    loss_fn: LossFn
+    extras: ModeInputs
+
+    def problem(self, meta_inputs: tuple[Tensor, ...], meta_targets: Tensor, meta_loss_fn: LossFn) -> VirtualStep:
+        return VirtualStep(self.model, self.params, self.lrs, self.buffers, self.inputs, self.targets, self.losses,
+                           meta_inputs, meta_targets, self.loss_fn, meta_loss_fn)
 
 
-def weight_sensitivity(
-    model: nn.Module,
-    params: dict[str, Tensor],
-    lrs: dict[str, float],
-    buffers: dict[str, Tensor],
-    inputs: tuple[Tensor, ...],
-    targets: Tensor,
-    losses: Tensor,
-    weights: Tensor,
-    meta_inputs: tuple[Tensor, ...],
-    meta_targets: Tensor,
-    *,
-    loss_fn: LossFn = per_sample_cross_entropy,
-    meta_loss_fn: LossFn = mean_cross_entropy,
-    mode: str = "forward",
-    rng_state: dict | None = None,
-    last_layer: nn.Linear | None = None,
-    features: Tensor | None = None,
-    logits: Tensor | None = None,
-    epsilon: float = 1e-4,
-) -> tuple[Tensor, Tensor]:
-    """∂L_meta(ŵ)/∂ṽᵢ for every training sample, and L_meta(ŵ) (detached).
+@dataclass
+class Weighting:
+    """A weighting rule's answer: the normalised weights ṽ of the real update and what to report.
 
-    Args:
-        model: the classifier; called through `functional_call`, never mutated.
-        params: name → parameter for the parameters the virtual step moves (requires_grad, in the optimizer).
-        lrs: name → the current learning rate α of that parameter's group.
-        buffers: a snapshot of the model's buffers before this step; every pass here runs on clones of it.
-        inputs, targets: the training batch; `losses` (n,) must be loss_fn(model(*inputs), targets) with its
-            autograd graph to `params` (the first forward, shared with the real update).
-        weights: (n,) normalised weights ṽ, detached.
-        meta_inputs, meta_targets: the meta batch.
-        mode: one of HYPERGRADIENTS.
-        rng_state: RNG state captured just before the first forward, so that re-forwards over x (dual and
-            finite-difference passes) see the same dropout masks.
-        last_layer, features, logits: for mode "last-layer": the final nn.Linear, its input on x (detached) and
-            its output on x (the model's output, with the graph that produced `losses`).
-        epsilon: relative step for mode "finite-difference".
+    `rollback` undoes what the rule changed (Θ and its optimizer) if the real update is then refused.
     """
-    if mode == "last-layer":
-        if last_layer is None or features is None or logits is None:
-            raise ValueError("last-layer mode needs the final linear layer, its input features and the logits")
-        return _last_layer_sensitivity(
-            model, buffers, losses, logits, weights, features, last_layer, lrs, params, meta_inputs,
-            meta_targets, meta_loss_fn,
-        )
-    names = list(params)
-    if mode == "double-backward":
-        # Differentiate the virtual step itself: ŵ = w − α ∇w Σ ṽᵢ ℓᵢ with ṽ a leaf, then a second-order
-        # backward from L_meta(ŵ) into ṽ.
-        leaf = weights.detach().requires_grad_(True)
-        grads = torch.autograd.grad((leaf * losses).sum(), [params[k] for k in names], create_graph=True,
-                                    retain_graph=True)
-        virtual = {k: params[k] - lrs[k] * g for k, g in zip(names, grads)}
-        meta_loss = meta_loss_fn(_call(model, virtual, buffers, meta_inputs), meta_targets)
-        _check_finite_scalar(meta_loss, "meta loss")
-        (sensitivity,) = torch.autograd.grad(meta_loss, leaf)
-        return sensitivity, meta_loss.detach()
 
-    # First-order modes: an ordinary backward gives ŵ, another gives ∇L_meta(ŵ).
-    grads = torch.autograd.grad((weights.detach() * losses).sum(), [params[k] for k in names],
-                                retain_graph=True)
-    virtual = {k: (params[k].detach() - lrs[k] * g).requires_grad_(True) for k, g in zip(names, grads)}
-    meta_loss = meta_loss_fn(_call(model, virtual, buffers, meta_inputs), meta_targets)
-    _check_finite_scalar(meta_loss, "meta loss")
-    meta_grads = torch.autograd.grad(meta_loss, [virtual[k] for k in names])
-    # u = α ⊙ ∇L_meta(ŵ): the direction along which each sample's loss is differentiated.
-    direction = {k: lrs[k] * g for k, g in zip(names, meta_grads)}
-    primals = {k: params[k].detach() for k in names}
-    if mode == "forward":
-        tangent = _directional_derivative_forward(model, primals, direction, buffers, inputs, targets, loss_fn,
-                                                  rng_state)
-    elif mode == "finite-difference":
-        tangent = _directional_derivative_central(model, primals, direction, buffers, inputs, targets, loss_fn,
-                                                  rng_state, epsilon)
-    else:
-        raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {mode!r}")
-    return -tangent, meta_loss.detach()
+    normalized: Tensor
+    reported: Tensor
+    meta_loss: float = math.nan
+    meta_updated: bool = False
+    rollback: Callable[[], None] = field(default=lambda: None)
 
 
-def _directional_derivative_forward(model, primals, direction, buffers, inputs, targets, loss_fn, rng_state):
-    """sᵢ = ⟨∇w ℓᵢ(w), u⟩ for all i from one dual-number forward pass (forward-mode AD)."""
-    with fwAD.dual_level(), _replayed_rng(rng_state), warnings.catch_warnings():
-        # torch's first forward-AD call scripts its jvp decompositions and warns that torch.jit is deprecated.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
-        dual = {k: fwAD.make_dual(p, direction[k]) for k, p in primals.items()}
-        # Batch norm updates its running statistics in place during this pass; they are throwaway clones.
-        losses = loss_fn(_call(model, dual, buffers, inputs), targets)
-        tangent = fwAD.unpack_dual(losses).tangent
-    if tangent is None:  # the losses do not depend on the moved parameters at all
-        return torch.zeros_like(losses)
-    return tangent.detach()
+WeightRule = Callable[[FirstForward], Weighting]
 
 
-@torch.no_grad()
-def _directional_derivative_central(model, primals, direction, buffers, inputs, targets, loss_fn, rng_state,
-                                    epsilon):
-    """sᵢ ≈ (ℓᵢ(w + εu) − ℓᵢ(w − εu)) / 2ε, with ε scaled so that ‖εu‖ = epsilon · ‖w‖."""
-    norm_u = math.sqrt(sum(float(d.pow(2).sum()) for d in direction.values()))
-    if norm_u == 0.0:
-        return torch.zeros(targets.shape[0], dtype=next(iter(primals.values())).dtype,
-                           device=targets.device)
-    norm_w = math.sqrt(sum(float(p.pow(2).sum()) for p in primals.values()))
-    eps = epsilon * max(norm_w, 1.0) / norm_u
-    ends = []
-    for sign in (1.0, -1.0):
-        shifted = {k: p + sign * eps * direction[k] for k, p in primals.items()}
-        with _replayed_rng(rng_state):
-            ends.append(loss_fn(_call(model, shifted, buffers, inputs), targets))
-    return (ends[0] - ends[1]) / (2 * eps)
+def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: tuple[Tensor, ...], targets: Tensor,
+                    rule: WeightRule, *, loss_fn: LossFn = per_sample_cross_entropy, replay_rng: bool = True,
+                    last_layer: nn.Linear | None = None) -> StepResult:
+    """First forward on x, `rule` chooses the weights, then the weighted real update; all or nothing.
 
-
-def _last_layer_sensitivity(model, buffers, losses, logits, weights, features, layer, lrs, params, meta_inputs,
-                            meta_targets, meta_loss_fn):
-    """Closed-form ∂L_meta/∂ṽ when the virtual step moves only the final linear layer z = W h + b.
-
-    With δᵢ = ∂ℓᵢ/∂zᵢ, ∇W ℓᵢ = δᵢ hᵢᵀ and ∇b ℓᵢ = δᵢ, so sᵢ = α_W δᵢᵀ G_W hᵢ + α_b δᵢᵀ g_b where (G_W, g_b)
-    is the meta gradient at the virtual layer. The meta features come from one no-grad pass.
+    Any error (bad input, a non-finite loss or weight) leaves the model, its buffers and the optimizer as they
+    were. `replay_rng` keeps the RNG state of the first forward for re-forwards over x (dropout masks);
+    `last_layer` captures that layer's input and output for the "last-layer" mode.
     """
-    weight_name, bias_name = _layer_param_names(params, layer)
-    # δ: per-sample loss gradients w.r.t. the logits; row i of ∇_z Σ ℓ is ∂ℓᵢ/∂zᵢ (losses are row-wise).
-    delta = torch.autograd.grad(losses.sum(), logits, retain_graph=True)[0].detach()
-    meta_features = _capture_input(model, layer, buffers, meta_inputs)
-    w_virtual = layer.weight.detach() - lrs[weight_name] * ((weights[:, None] * delta).T @ features)
-    w_virtual.requires_grad_(True)
-    b_virtual = None
-    if bias_name is not None:
-        b_virtual = (layer.bias.detach() - lrs[bias_name] * (weights[:, None] * delta).sum(0)).requires_grad_()
-    meta_logits = meta_features @ w_virtual.T
-    if b_virtual is not None:
-        meta_logits = meta_logits + b_virtual
-    meta_loss = meta_loss_fn(meta_logits, meta_targets)
-    _check_finite_scalar(meta_loss, "meta loss")
-    if b_virtual is None:
-        (g_w,) = torch.autograd.grad(meta_loss, [w_virtual])
-        s = lrs[weight_name] * ((delta @ g_w) * features).sum(1)
-    else:
-        g_w, g_b = torch.autograd.grad(meta_loss, [w_virtual, b_virtual])
-        s = lrs[weight_name] * ((delta @ g_w) * features).sum(1) + lrs[bias_name] * (delta @ g_b)
-    return -s, meta_loss.detach()
-
-
-def _layer_param_names(params: dict[str, Tensor], layer: nn.Linear) -> tuple[str, str | None]:
-    by_id = {id(p): k for k, p in params.items()}
-    if id(layer.weight) not in by_id:
-        raise ValueError("last-layer mode: the final linear layer's weight is not trained by the optimizer")
-    bias_name = None
-    if layer.bias is not None:
-        if id(layer.bias) not in by_id:
-            raise ValueError("last-layer mode: the final linear layer's bias is not trained by the optimizer")
-        bias_name = by_id[id(layer.bias)]
-    return by_id[id(layer.weight)], bias_name
-
-
-@torch.no_grad()
-def _capture_input(model: nn.Module, layer: nn.Module, buffers: dict[str, Tensor], inputs: tuple[Tensor, ...]):
-    """The input of `layer` during a train-mode, no-grad forward of `inputs` (on throwaway buffers)."""
-    captured: list[Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
-    try:
-        _call(model, {}, buffers, inputs)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise ValueError(f"last-layer mode: the final linear layer ran {len(captured)} times in one forward")
-    return captured[0].flatten(1)
-
-
-def _call(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
-          inputs: tuple[Tensor, ...]) -> Tensor:
-    """model(*inputs) with `params` swapped in and throwaway clones of `buffers`."""
-    scratch = {k: b.clone() for k, b in buffers.items()}
-    return functional_call(model, {**params, **scratch}, inputs, strict=False)
-
-
-def _check_finite_scalar(value: Tensor, what: str) -> None:
-    if not torch.isfinite(value).all():
-        raise ValueError(f"non-finite {what}: {value.detach().flatten()[:4].tolist()}")
-
-
-@contextlib.contextmanager
-def _replayed_rng(state: dict | None) -> Iterator[None]:
-    """Run a block with the RNG state of the first forward, then restore the current state (dropout masks)."""
-    if state is None:
-        yield
-        return
-    devices = [state["device"]] if state.get("device") is not None else []
-    with torch.random.fork_rng(devices=devices, device_type=state.get("device_type", "cuda")):
-        torch.set_rng_state(state["cpu"])
-        if devices:
-            torch.get_device_module(state["device_type"]).set_rng_state(state["accel"], state["device"])
-        yield
-
-
-def capture_rng_state(device: torch.device) -> dict:
-    """The RNG state to pass as `weight_sensitivity(rng_state=...)`: take it just before the first forward."""
-    state = {"cpu": torch.get_rng_state(), "device": None}
-    if device.type != "cpu" and device.type != "meta":
-        module = torch.get_device_module(device.type)
-        index = device.index if device.index is not None else module.current_device()
-        state.update(device=index, device_type=device.type, accel=module.get_rng_state(index))
-    return state
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The object shell: holds the optimizers, validates, and performs virtual step → Θ update → real update.
-# --------------------------------------------------------------------------------------------------------------
+    params, lrs = trainable_parameters(model, optimizer)
+    snapshot = {k: b.detach().clone() for k, b in model.named_buffers()}
+    rng_state = capture_rng_state(targets.device) if replay_rng else None
+    with training_mode(model):
+        with record_function("mwnet.forward"):
+            # Train mode on scratch buffers, so nothing of the model changes until the step succeeds.
+            scratch = {k: b.clone() for k, b in snapshot.items()}
+            with _captured_layer(last_layer) as captured:
+                logits = functional_call(model, scratch, inputs, strict=False)
+            losses = loss_fn(logits, targets)
+            if losses.shape != targets.shape[:1]:
+                raise ValueError(f"loss_fn must return per-sample losses of shape ({targets.shape[0]},), "
+                                 f"got {tuple(losses.shape)}")
+            if not torch.isfinite(losses).all():
+                bad = int((~torch.isfinite(losses)).sum())
+                raise NonFiniteLossError("training loss", f"{bad} of {losses.shape[0]} samples")
+        extras = ModeInputs(rng_state=rng_state, logits=logits)
+        if last_layer is not None and captured:
+            if len(captured) != 1:
+                raise ValueError(f"last-layer mode: the final linear layer ran {len(captured)} times")
+            if captured[0][1] is not logits:
+                raise ValueError("last-layer mode: the model's output must be the final linear layer's output")
+            extras = ModeInputs(rng_state=rng_state, last_layer=last_layer, features=captured[0][0], logits=logits)
+        weighting = rule(FirstForward(model, params, lrs, snapshot, inputs, targets, losses, loss_fn, extras))
+        with record_function("mwnet.real_update"):
+            try:
+                real_loss = (weighting.normalized.to(losses.dtype) * losses).sum()
+                if not torch.isfinite(real_loss):
+                    raise NonFiniteLossError("weighted training loss", str(float(real_loss.detach())))
+                optimizer.zero_grad()
+                real_loss.backward()
+            except BaseException:
+                weighting.rollback()
+                raise
+            optimizer.step()
+            with torch.no_grad():  # commit the running statistics of the one train-mode forward on x
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(scratch[name])
+    return StepResult(loss=float(real_loss.detach()), meta_loss=float(weighting.meta_loss),
+                      weights=weighting.reported.detach(), losses=losses.detach(), logits=logits.detach(),
+                      meta_updated=weighting.meta_updated)
 
 
 class MetaReweighter:
@@ -317,9 +166,10 @@ class MetaReweighter:
         weight_optimizer: the optimizer of V's parameters.
         loss_fn: logits, targets → per-sample losses (n,) [cross-entropy].
         meta_loss_fn: logits, targets → scalar meta loss [mean cross-entropy].
-        normalize: "mean" (Z = n) or "sum" (Z = Σ v, the paper's table scripts) ["mean"].
-        hypergradient: how ∇Θ is computed; "forward" and "double-backward" are exact, "finite-difference"
-            and "last-layer" approximate ["forward"].
+        normalize: "sum" (Z = Σ v: a weighted average, as the scripts behind the paper's tables) or "mean"
+            (Z = n) ["sum"].
+        hypergradient: how ∇Θ is computed, a name in `mwnet.hypergradients.HYPERGRADIENTS`; "forward" and
+            "double-backward" are exact, "finite-difference" and "last-layer" approximate ["forward"].
         meta_interval: update Θ every k-th step only; other steps do just the weighted real update [1].
         last_layer: the final `nn.Linear` (or its name) for hypergradient="last-layer" [model.classifier, or
             the last nn.Linear in the model].
@@ -335,7 +185,7 @@ class MetaReweighter:
         *,
         loss_fn: LossFn | None = None,
         meta_loss_fn: LossFn | None = None,
-        normalize: Normalize = "mean",
+        normalize: Normalize = "sum",
         hypergradient: Hypergradient = "forward",
         meta_interval: int = 1,
         last_layer: nn.Module | str | None = None,
@@ -343,12 +193,11 @@ class MetaReweighter:
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-        if hypergradient not in HYPERGRADIENTS:
-            raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {hypergradient!r}")
-        if not isinstance(meta_interval, int) or meta_interval < 1:
+        check_mode(hypergradient)
+        if isinstance(meta_interval, bool) or not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be a positive integer, got {meta_interval!r}")
-        if not epsilon > 0:
-            raise ValueError(f"epsilon must be positive, got {epsilon!r}")
+        if not (isinstance(epsilon, (int, float)) and 0 < epsilon < math.inf):
+            raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
         self.model = model
         self.optimizer = optimizer
         self.weight_net = weight_net
@@ -358,30 +207,37 @@ class MetaReweighter:
         self.normalize = normalize
         self.hypergradient = hypergradient
         self.meta_interval = meta_interval
-        self.epsilon = epsilon
+        self.epsilon = float(epsilon)
         self.iteration = 0
-        self.last_layer = _resolve_last_layer(model, last_layer) if hypergradient == "last-layer" else None
-        self._check_optimizers()
-
-    # -- public API -------------------------------------------------------------------------------------------
+        self.last_layer = resolve_last_layer(model, last_layer) if hypergradient == "last-layer" else None
+        trainable_parameters(model, optimizer)
+        _check_owned(weight_optimizer, weight_net, "weight_optimizer", "the weight net")
 
     def step(self, x: Tensor | Sequence[Tensor], y: Tensor, x_meta: Tensor | Sequence[Tensor] | None = None,
              y_meta: Tensor | None = None) -> StepResult:
-        """One Meta-Weight-Net iteration: virtual step, weight-net update, real update (PAPER.md)."""
-        inputs, meta_inputs = _as_inputs(x), (None if x_meta is None else _as_inputs(x_meta))
+        """One Meta-Weight-Net iteration: virtual step, weight-net update, real update (docs/algorithm.md)."""
+        inputs = as_inputs(x)
+        check_batch(inputs, y, "training")
         update_meta = self.iteration % self.meta_interval == 0
-        _check_batch(inputs, y, "training")
+        meta_inputs: tuple[Tensor, ...] = ()
         if update_meta:
-            if meta_inputs is None or y_meta is None:
+            if x_meta is None or y_meta is None:
                 raise ValueError("a meta batch (x_meta, y_meta) is required on meta-update iterations")
-            _check_batch(meta_inputs, y_meta, "meta")
-        self._check_optimizers()
-        was_training = self.model.training
-        self.model.train()
-        try:
-            return self._step(inputs, y, meta_inputs, y_meta, update_meta)
-        finally:
-            self.model.train(was_training)
+            meta_inputs = as_inputs(x_meta)
+            check_batch(meta_inputs, y_meta, "meta")
+        _check_owned(self.weight_optimizer, self.weight_net, "weight_optimizer", "the weight net")
+
+        def rule(first: FirstForward) -> Weighting:
+            if not update_meta:
+                with record_function("mwnet.weight_net_forward"), torch.no_grad():
+                    weights = self._weights(first.losses.detach())
+                return Weighting(normalize_weights(weights, self.normalize), weights)
+            return self._meta_update(first, meta_inputs, y_meta)
+
+        result = reweighted_step(self.model, self.optimizer, inputs, y, rule, loss_fn=self.loss_fn,
+                                 replay_rng=update_meta, last_layer=self.last_layer if update_meta else None)
+        self.iteration += 1
+        return result
 
     def weights(self, losses: Tensor) -> Tensor:
         """V(ℓ; Θ) for given per-sample losses, without gradient: what the real update would use."""
@@ -394,81 +250,32 @@ class MetaReweighter:
     def load_state_dict(self, state: dict) -> None:
         self.iteration = int(state["iteration"])
 
-    # -- internals --------------------------------------------------------------------------------------------
-
-    def _step(self, inputs, y, meta_inputs, y_meta, update_meta: bool) -> StepResult:
-        model = self.model
-        device = y.device
-        snapshot = {k: b.detach().clone() for k, b in model.named_buffers()}
-        params, lrs = self._trainable()
-        rng_state = capture_rng_state(device) if update_meta else None
-
-        # First forward: train mode on scratch buffers, so nothing of the model changes until the step succeeds.
-        # Its graph serves both the virtual step and the real update (no second forward over x).
-        scratch = {k: b.clone() for k, b in snapshot.items()}
-        features: list[Tensor] = []
-        layer_outputs: list[Tensor] = []
-        hook = None
-        if update_meta and self.last_layer is not None:
-            def keep(_module, args, out):
-                features.append(args[0].detach().flatten(1))
-                layer_outputs.append(out)
-
-            hook = self.last_layer.register_forward_hook(keep)
-        try:
-            logits = functional_call(model, scratch, inputs, strict=False)
-        finally:
-            if hook is not None:
-                hook.remove()
-        losses = self.loss_fn(logits, y)
-        if losses.shape != y.shape[:1]:
-            raise ValueError(f"loss_fn must return per-sample losses of shape ({y.shape[0]},), "
-                             f"got {tuple(losses.shape)}")
-        if not torch.isfinite(losses).all():
-            bad = int((~torch.isfinite(losses)).sum())
-            raise ValueError(f"non-finite training loss on {bad} of {losses.shape[0]} samples")
-
-        meta_loss = float("nan")
-        if update_meta:
-            assert meta_inputs is not None and y_meta is not None
-            weights = normalize_weights(self._weights(losses.detach()), self.normalize)
-            if self.last_layer is not None:
-                if len(features) != 1:
-                    raise ValueError(f"last-layer mode: the final linear layer ran {len(features)} times")
-                if layer_outputs[0] is not logits:
-                    raise ValueError("last-layer mode: the model's output must be the final linear layer's output")
-            sensitivity, meta_value = weight_sensitivity(
-                model, params, lrs, snapshot, inputs, y, losses, weights.detach(), meta_inputs, y_meta,
-                loss_fn=self.loss_fn, meta_loss_fn=self.meta_loss_fn, mode=self.hypergradient,
-                rng_state=rng_state, last_layer=self.last_layer, features=features[0] if features else None,
-                logits=logits, epsilon=self.epsilon,
-            )
+    def _meta_update(self, first: FirstForward, meta_inputs: tuple[Tensor, ...], y_meta: Tensor) -> Weighting:
+        """Θ ← opt_Θ(∇Θ L_meta(ŵ(Θ))), then V(ℓ; Θ_new); Θ is restored if anything after the update fails."""
+        losses = first.losses.detach()
+        with record_function("mwnet.weight_net_forward"):
+            weights = normalize_weights(self._weights(losses), self.normalize)
+        sensitivity, meta_loss = weight_sensitivity(first.problem(meta_inputs, y_meta, self.meta_loss_fn),
+                                                    weights.detach(), self.hypergradient,
+                                                    dataclasses.replace(first.extras, epsilon=self.epsilon))
+        with record_function("mwnet.weight_net_update"):
             theta = [p for p in self.weight_net.parameters() if p.requires_grad]
             # ∇Θ L_meta = Σᵢ (∂L_meta/∂ṽᵢ) ∂ṽᵢ/∂Θ: a backward through V alone.
             hyper = torch.autograd.grad(weights, theta, grad_outputs=sensitivity.to(weights.dtype),
                                         allow_unused=True)
             hyper = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, hyper)]
             if not all(torch.isfinite(g).all() for g in hyper):
-                raise ValueError("non-finite hypergradient for the weight net")
+                raise NonFiniteLossError("hypergradient for the weight net")
+            restore = _undo_point(self.weight_net, self.weight_optimizer)
             for p, g in zip(theta, hyper):
                 p.grad = g
             self.weight_optimizer.step()
-            meta_loss = float(meta_value)
-
-        # Real update with the new Θ; the weights are constants here (no gradient to Θ).
-        with torch.no_grad():
-            new_weights = self._weights(losses.detach())
-        real_loss = (normalize_weights(new_weights, self.normalize).to(losses.dtype) * losses).sum()
-        self.optimizer.zero_grad()
-        real_loss.backward()
-        self.optimizer.step()
-        # Commit the running statistics of the one train-mode forward on x.
-        with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                buffer.copy_(scratch[name])
-        self.iteration += 1
-        return StepResult(loss=float(real_loss.detach()), meta_loss=meta_loss, weights=new_weights.detach(),
-                          losses=losses.detach(), logits=logits.detach(), meta_updated=update_meta)
+            with torch.no_grad():
+                new_weights = self._weights(losses)
+            if not torch.isfinite(new_weights).all():
+                restore()
+                raise NonFiniteLossError("sample weights after the weight-net update")
+        return Weighting(normalize_weights(new_weights, self.normalize), new_weights, float(meta_loss), True, restore)
 
     def _weights(self, losses: Tensor) -> Tensor:
         """V(ℓ; Θ) in the weight net's dtype and device, returned in the losses' dtype."""
@@ -476,36 +283,45 @@ class MetaReweighter:
         out = self.weight_net(losses.to(dtype=reference.dtype, device=reference.device))
         return out.to(dtype=losses.dtype, device=losses.device)
 
-    def _trainable(self) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """The parameters the virtual step moves (in the optimizer, requiring grad) and their current lrs."""
-        names = {id(p): k for k, p in self.model.named_parameters()}
-        params: dict[str, Tensor] = {}
-        lrs: dict[str, float] = {}
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    params[names[id(p)]] = p
-                    lrs[names[id(p)]] = float(group["lr"])
-        if not params:
-            raise ValueError("the optimizer holds no parameter of the model that requires grad")
-        return params, lrs
 
-    def _check_optimizers(self) -> None:
-        model_ids = {id(p) for p in self.model.parameters()}
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) not in model_ids:
-                    raise ValueError(f"optimizer holds a parameter of shape {tuple(p.shape)} that is not in "
-                                     f"the model")
-        wnet_ids = {id(p) for p in self.weight_net.parameters()}
-        for group in self.weight_optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) not in wnet_ids:
-                    raise ValueError(f"weight_optimizer holds a parameter of shape {tuple(p.shape)} that is not "
-                                     f"in the weight net")
+def trainable_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor],
+                                                                                      dict[str, float]]:
+    """The model parameters the optimizer trains (requiring grad), by name, and each one's current group lr."""
+    names = {id(p): k for k, p in model.named_parameters()}
+    params: dict[str, Tensor] = {}
+    lrs: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ValueError(f"optimizer holds a parameter of shape {tuple(p.shape)} that is not in the model")
+            if p.requires_grad:
+                params[names[id(p)]] = p
+                lrs[names[id(p)]] = float(group["lr"])
+    if not params:
+        raise ValueError("the optimizer holds no parameter of the model that requires grad")
+    return params, lrs
 
 
-def _as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+@contextlib.contextmanager
+def training_mode(model: nn.Module) -> Iterator[None]:
+    """Train mode for the step, then every sub-module's mode exactly as it was.
+
+    A model in eval mode is trained as a whole for the step (a training step needs train-mode batch norm and
+    dropout). A model in train mode is left as the user set it: sub-modules put in eval mode (a frozen-BN
+    backbone, the usual fine-tuning recipe) keep eval-mode semantics and their running statistics.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    if not model.training:
+        model.train()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """A batch's inputs as a tuple of positional arguments."""
     if isinstance(x, Tensor):
         return (x,)
     if isinstance(x, (tuple, list)) and x and all(isinstance(t, Tensor) for t in x):
@@ -513,7 +329,8 @@ def _as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     raise ValueError(f"inputs must be a tensor or a non-empty tuple of tensors, got {type(x).__name__}")
 
 
-def _check_batch(inputs: tuple[Tensor, ...], y: Tensor, what: str) -> None:
+def check_batch(inputs: tuple[Tensor, ...], y: Tensor, what: str) -> None:
+    """ValueError unless the inputs and targets agree on a non-zero batch size."""
     n = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
     if n == 0:
         raise ValueError(f"empty {what} batch")
@@ -524,20 +341,39 @@ def _check_batch(inputs: tuple[Tensor, ...], y: Tensor, what: str) -> None:
         raise ValueError(f"{what} batch has {n} inputs but {y.shape[0] if y.dim() else 0} targets")
 
 
-def _resolve_last_layer(model: nn.Module, last_layer: nn.Module | str | None) -> nn.Linear:
-    if isinstance(last_layer, str):
-        layer = dict(model.named_modules()).get(last_layer)
-        if layer is None:
-            raise ValueError(f"last_layer {last_layer!r} is not a sub-module of the model")
-    elif last_layer is not None:
-        layer = last_layer
-    elif isinstance(getattr(model, "classifier", None), nn.Linear):
-        layer = model.classifier
-    else:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError("last-layer mode needs an nn.Linear final layer; the model has none")
-        layer = linears[-1]
-    if not isinstance(layer, nn.Linear):
-        raise ValueError(f"last_layer must be an nn.Linear, got {type(layer).__name__}")
-    return layer
+def _check_owned(optimizer: torch.optim.Optimizer, module: nn.Module, what: str, owner: str) -> None:
+    ids = {id(p) for p in module.parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in ids:
+                raise ValueError(f"{what} holds a parameter of shape {tuple(p.shape)} that is not in {owner}")
+
+
+def _undo_point(module: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """A function that puts `module`'s parameters and `optimizer`'s state back as they are now."""
+    values = [p.detach().clone() for p in module.parameters()]
+    state = {p: {k: v.clone() if isinstance(v, Tensor) else v for k, v in s.items()}
+             for p, s in optimizer.state.items()}
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, v in zip(module.parameters(), values):
+                p.copy_(v)
+        optimizer.state.clear()
+        optimizer.state.update(state)
+
+    return restore
+
+
+@contextlib.contextmanager
+def _captured_layer(layer: nn.Module | None) -> Iterator[list[tuple[Tensor, Tensor]]]:
+    """Record (flattened detached input, output) of `layer` for each of its calls inside the block."""
+    captured: list[tuple[Tensor, Tensor]] = []
+    if layer is None:
+        yield captured
+        return
+    handle = layer.register_forward_hook(lambda _m, args, out: captured.append((args[0].detach().flatten(1), out)))
+    try:
+        yield captured
+    finally:
+        handle.remove()

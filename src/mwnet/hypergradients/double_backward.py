@@ -1,0 +1,30 @@
+"""Exact, the textbook route: differentiate the virtual step itself.
+
+ŵ = w − α ∇w Σ ṽᵢ ℓᵢ is built with create_graph and ṽ as a leaf; a second-order backward from L_meta(ŵ) gives
+∂L_meta/∂ṽ. This is what the authors' scripts do (through Θ rather than ṽ); it costs a double backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.profiler import record_function
+
+from mwnet.hypergradients import register_hypergradient
+from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, check_finite_scalar
+
+
+@register_hypergradient("double-backward", exact=True)
+def double_backward_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeInputs) -> tuple[Tensor, Tensor]:
+    names = list(problem.params)
+    leaf = weights.requires_grad_(True)
+    with record_function("mwnet.virtual_step"):
+        grads = torch.autograd.grad((leaf * problem.losses).sum(), [problem.params[k] for k in names],
+                                    create_graph=True, retain_graph=True)
+        virtual = {k: problem.params[k] - problem.lrs[k] * g for k, g in zip(names, grads)}
+    with record_function("mwnet.meta_gradient"):
+        meta_loss = problem.meta_loss_fn(call_with_buffers(problem.model, virtual, problem.buffers,
+                                                           problem.meta_inputs), problem.meta_targets)
+        check_finite_scalar(meta_loss, "meta loss")
+        (sensitivity,) = torch.autograd.grad(meta_loss, leaf)
+    return sensitivity, meta_loss.detach()

@@ -1,0 +1,39 @@
+"""Exact, the default: every sᵢ = ⟨∇w ℓᵢ(w), u⟩ from one forward-mode (dual-number) pass.
+
+After two ordinary backwards give u = α ⊙ ∇L_meta(ŵ) (`meta_direction`), the tangent of the per-sample losses
+along u at w is the vector s, and ∂L_meta/∂ṽ = −s. No create_graph, no second-order backward.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+from torch.autograd.profiler import record_function
+
+from mwnet.hypergradients import register_hypergradient
+from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, meta_direction, replayed_rng
+
+
+@register_hypergradient("forward", exact=True)
+def forward_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeInputs) -> tuple[Tensor, Tensor]:
+    direction, meta_loss = meta_direction(problem, weights)
+    with record_function("mwnet.sensitivity"):
+        return -directional_derivative(problem, direction, extras.rng_state), meta_loss
+
+
+def directional_derivative(problem: VirtualStep, direction: dict[str, Tensor], rng_state: dict | None) -> Tensor:
+    """⟨∇w ℓᵢ(w), u⟩ for all i from one dual pass over the training batch (same dropout masks)."""
+    with fwAD.dual_level(), replayed_rng(rng_state), warnings.catch_warnings():
+        # torch's first forward-AD call scripts its jvp decompositions and warns that torch.jit is deprecated.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        dual = {k: fwAD.make_dual(p.detach(), direction[k]) for k, p in problem.params.items()}
+        # Batch norm updates its running statistics in place during this pass; they are throwaway clones.
+        losses = problem.loss_fn(call_with_buffers(problem.model, dual, problem.buffers, problem.inputs),
+                                 problem.targets)
+        tangent = fwAD.unpack_dual(losses).tangent
+    if tangent is None:  # the losses do not depend on the moved parameters at all
+        return torch.zeros_like(losses)
+    return tangent.detach()

@@ -1,0 +1,126 @@
+"""What every hypergradient mode receives: the batch's virtual-step problem and the mode-specific extras.
+
+A mode answers one question (docs/algorithm.md, "The hypergradient through the weights"): for normalised weights
+ṽ of the training batch, what is ∂L_meta(ŵ)/∂ṽᵢ, with ŵ = w − α ⊙ ∇w Σᵢ ṽᵢ ℓᵢ(w)? The helpers here are shared by
+the modes: calls on throwaway buffers, dropout-mask replay, and the first-order meta direction u = α ⊙ ∇L_meta(ŵ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.profiler import record_function
+from torch.func import functional_call
+
+from mwnet.errors import NonFiniteLossError
+from mwnet.losses import LossFn
+
+
+@dataclass(frozen=True)
+class VirtualStep:
+    """One batch's bi-level problem, as the step hands it to a hypergradient mode.
+
+    Attributes:
+        model: the classifier; called through `functional_call`, never mutated.
+        params: name → parameter for the parameters the virtual step moves (in the optimizer, requiring grad).
+        lrs: name → the current learning rate α of that parameter's group.
+        buffers: a snapshot of the model's buffers before the step; every pass runs on clones of it.
+        inputs, targets: the training batch.
+        losses: (n,) loss_fn(model(*inputs), targets), with its graph to `params` (the step's first forward).
+        meta_inputs, meta_targets: the meta batch.
+        loss_fn, meta_loss_fn: per-sample training loss and scalar meta loss.
+    """
+
+    model: nn.Module
+    params: dict[str, Tensor]
+    lrs: dict[str, float]
+    buffers: dict[str, Tensor]
+    inputs: tuple[Tensor, ...]
+    targets: Tensor
+    losses: Tensor
+    meta_inputs: tuple[Tensor, ...]
+    meta_targets: Tensor
+    loss_fn: LossFn
+    meta_loss_fn: LossFn
+
+
+@dataclass(frozen=True)
+class ModeInputs:
+    """Inputs only some modes use.
+
+    Attributes:
+        rng_state: RNG state captured just before the first forward (`capture_rng_state`), so that re-forwards
+            over x (dual and finite-difference passes) see the same dropout masks.
+        last_layer: the final `nn.Linear` ("last-layer").
+        features: (n, d) its input on x, detached ("last-layer").
+        logits: its output on x, with the graph that produced the losses ("last-layer").
+        epsilon: relative step of "finite-difference".
+    """
+
+    rng_state: dict | None = None
+    last_layer: nn.Linear | None = None
+    features: Tensor | None = None
+    logits: Tensor | None = None
+    epsilon: float = 1e-4
+
+
+#: A mode: (problem, detached normalised weights ṽ (n,), extras) → (∂L_meta/∂ṽ (n,), L_meta(ŵ) detached).
+SensitivityFn = Callable[[VirtualStep, Tensor, ModeInputs], tuple[Tensor, Tensor]]
+
+
+def call_with_buffers(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
+                      inputs: tuple[Tensor, ...]) -> Tensor:
+    """model(*inputs) with `params` swapped in and throwaway clones of `buffers` (batch norm may write them)."""
+    scratch = {k: b.clone() for k, b in buffers.items()}
+    return functional_call(model, {**params, **scratch}, inputs, strict=False)
+
+
+def check_finite_scalar(value: Tensor, what: str) -> None:
+    """Raise NonFiniteLossError unless `value` is finite (one host sync)."""
+    if not torch.isfinite(value).all():
+        raise NonFiniteLossError(what, str(value.detach().flatten()[:4].tolist()))
+
+
+def meta_direction(problem: VirtualStep, weights: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """u = α ⊙ ∇L_meta(ŵ) and L_meta(ŵ), from two ordinary backwards (no create_graph)."""
+    names = list(problem.params)
+    with record_function("mwnet.virtual_step"):
+        grads = torch.autograd.grad((weights * problem.losses).sum(), [problem.params[k] for k in names],
+                                    retain_graph=True)
+        virtual = {k: (problem.params[k].detach() - problem.lrs[k] * g).requires_grad_(True)
+                   for k, g in zip(names, grads)}
+    with record_function("mwnet.meta_gradient"):
+        meta_loss = problem.meta_loss_fn(call_with_buffers(problem.model, virtual, problem.buffers,
+                                                           problem.meta_inputs), problem.meta_targets)
+        check_finite_scalar(meta_loss, "meta loss")
+        meta_grads = torch.autograd.grad(meta_loss, [virtual[k] for k in names])
+        direction = {k: problem.lrs[k] * g for k, g in zip(names, meta_grads)}
+    return direction, meta_loss.detach()
+
+
+@contextlib.contextmanager
+def replayed_rng(state: dict | None) -> Iterator[None]:
+    """Run a block with the RNG state of the first forward, then restore the current state (dropout masks)."""
+    if state is None:
+        yield
+        return
+    devices = [state["device"]] if state.get("device") is not None else []
+    with torch.random.fork_rng(devices=devices, device_type=state.get("device_type", "cuda")):
+        torch.set_rng_state(state["cpu"])
+        if devices:
+            torch.get_device_module(state["device_type"]).set_rng_state(state["accel"], state["device"])
+        yield
+
+
+def capture_rng_state(device: torch.device) -> dict:
+    """The RNG state for `ModeInputs.rng_state`: take it just before the first forward."""
+    state = {"cpu": torch.get_rng_state(), "device": None}
+    if device.type not in ("cpu", "meta"):
+        module = torch.get_device_module(device.type)
+        index = device.index if device.index is not None else module.current_device()
+        state.update(device=index, device_type=device.type, accel=module.get_rng_state(index))
+    return state
