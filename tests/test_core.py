@@ -435,7 +435,9 @@ def test_optimizer_with_foreign_parameters_is_rejected():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"normalize": "max"}, "normalize must be one of"), ({"hypergradient": "magic"}, "hypergradient must be one of"),
-     ({"meta_interval": 0}, "meta_interval must be a positive integer"), ({"epsilon": 0.0}, "epsilon must be")],
+     ({"meta_interval": 0}, "meta_interval must be a positive integer"), ({"epsilon": 0.0}, "epsilon must be"),
+     ({"virtual_loss": "glued"}, "virtual_loss must be one of"),
+     ({"virtual_loss": "attached", "hypergradient": "last-layer"}, "needs an exact or finite-difference")],
 )
 def test_bad_options_are_named(kwargs, message):
     model, opt, wnet, wopt = make_setup("mlp")
@@ -505,3 +507,36 @@ def test_every_phase_is_marked_for_the_profiler(mode):
     seen = {e.name for e in prof.events()}
     expected = set(STEP_PHASES) - ({"mwnet.sensitivity"} if mode == "double-backward" else set())
     assert expected <= seen, expected - seen
+
+
+# ---- the long-tail script's attached virtual loss ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [*EXACT_HYPERGRADIENTS])
+@pytest.mark.parametrize("normalize", ["sum", "mean"])
+def test_attached_virtual_loss_equals_the_long_tail_script(mode, normalize):
+    model, opt, wnet, wopt = make_setup("cnn", nesterov=True)
+    ref, ref_wnet = copy.deepcopy(model), copy.deepcopy(wnet)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    ref_wopt = torch.optim.SGD(ref_wnet.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    rw = MetaReweighter(model, opt, wnet, wopt, hypergradient=mode, normalize=normalize, virtual_loss="attached")
+    for it in range(3):
+        x, y, xm, ym = batches("cnn", seed=it)
+        result = rw.step(x, y, xm, ym)
+        ref_meta = official_step(ref, ref_opt, ref_wnet, ref_wopt, x, y, xm, ym, normalize=normalize,
+                                 virtual_loss="attached")
+        assert abs(result.meta_loss - ref_meta) < 1e-10
+    assert_states_close(model, ref, 1e-10)
+    assert_states_close(wnet, ref_wnet, 1e-10)
+
+
+def test_attached_virtual_loss_changes_the_hypergradient():
+    """The two semantics are different algorithms: the same step gives another Θ gradient."""
+    grads = {}
+    for virtual_loss in ("detached", "attached"):
+        model, opt, wnet, _ = make_setup("cnn")
+        rw = MetaReweighter(model, opt, wnet, torch.optim.SGD(wnet.parameters(), lr=0.0), virtual_loss=virtual_loss)
+        rw.step(*batches("cnn"))
+        grads[virtual_loss] = torch.cat([p.grad.flatten() for p in wnet.parameters()])
+    relative = (grads["attached"] - grads["detached"]).norm() / grads["detached"].norm()
+    assert relative > 0.05

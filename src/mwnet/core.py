@@ -40,6 +40,8 @@ from mwnet.losses import NORMALIZATIONS, LossFn, mean_cross_entropy, normalize_w
 
 Normalize = Literal["sum", "mean"]
 Hypergradient = Literal["forward", "double-backward", "finite-difference", "last-layer"]
+VirtualLoss = Literal["detached", "attached"]
+VIRTUAL_LOSSES: tuple[str, ...] = ("detached", "attached")
 
 #: The phases of a step, in order, as marked with `torch.autograd.profiler.record_function`.
 STEP_PHASES: tuple[str, ...] = ("mwnet.forward", "mwnet.weight_net_forward", "mwnet.virtual_step",
@@ -174,6 +176,11 @@ class MetaReweighter:
         last_layer: the final `nn.Linear` (or its name) for hypergradient="last-layer" [model.classifier, or
             the last nn.Linear in the model].
         epsilon: relative step of the finite-difference mode [1e-4].
+        virtual_loss: "detached": V sees each loss as a constant input in the virtual step, as the paper and
+            the noisy-label scripts ["detached"]. "attached": as the authors' long-tail script, V's input stays
+            attached to w there, so the virtual step moves w along Σᵢ cᵢ ∇ℓᵢ with cᵢ = ∂(Σⱼ ṽⱼℓⱼ)/∂ℓᵢ =
+            [vᵢ + V′(ℓᵢ)(ℓᵢ − L̄)] / Σv for "sum" (L̄ = Σ ṽⱼℓⱼ), (vᵢ + V′(ℓᵢ)ℓᵢ) / n for "mean". The real update
+            is the same in both (docs/algorithm.md, "Differences from the authors' scripts").
     """
 
     def __init__(
@@ -190,10 +197,16 @@ class MetaReweighter:
         meta_interval: int = 1,
         last_layer: nn.Module | str | None = None,
         epsilon: float = 1e-4,
+        virtual_loss: VirtualLoss = "detached",
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         check_mode(hypergradient)
+        if virtual_loss not in VIRTUAL_LOSSES:
+            raise ValueError(f"virtual_loss must be one of {VIRTUAL_LOSSES}, got {virtual_loss!r}")
+        if virtual_loss == "attached" and hypergradient == "last-layer":
+            raise ValueError("virtual_loss='attached' needs an exact or finite-difference hypergradient, "
+                             "not 'last-layer'")
         if isinstance(meta_interval, bool) or not isinstance(meta_interval, int) or meta_interval < 1:
             raise ValueError(f"meta_interval must be a positive integer, got {meta_interval!r}")
         if not (isinstance(epsilon, (int, float)) and 0 < epsilon < math.inf):
@@ -208,6 +221,7 @@ class MetaReweighter:
         self.hypergradient = hypergradient
         self.meta_interval = meta_interval
         self.epsilon = float(epsilon)
+        self.virtual_loss = virtual_loss
         self.iteration = 0
         self.last_layer = resolve_last_layer(model, last_layer) if hypergradient == "last-layer" else None
         trainable_parameters(model, optimizer)
@@ -254,7 +268,7 @@ class MetaReweighter:
         """Θ ← opt_Θ(∇Θ L_meta(ŵ(Θ))), then V(ℓ; Θ_new); Θ is restored if anything after the update fails."""
         losses = first.losses.detach()
         with record_function("mwnet.weight_net_forward"):
-            weights = normalize_weights(self._weights(losses), self.normalize)
+            weights = self._virtual_coefficients(losses)
         sensitivity, meta_loss = weight_sensitivity(first.problem(meta_inputs, y_meta, self.meta_loss_fn),
                                                     weights.detach(), self.hypergradient,
                                                     dataclasses.replace(first.extras, epsilon=self.epsilon))
@@ -276,6 +290,18 @@ class MetaReweighter:
                 restore()
                 raise NonFiniteLossError("sample weights after the weight-net update")
         return Weighting(normalize_weights(new_weights, self.normalize), new_weights, float(meta_loss), True, restore)
+
+    def _virtual_coefficients(self, losses: Tensor) -> Tensor:
+        """The coefficients of ∇ℓᵢ in the virtual step, differentiable in Θ: ṽ, or c for virtual_loss="attached"."""
+        if self.virtual_loss == "detached":
+            return normalize_weights(self._weights(losses), self.normalize)
+        # Attached: the virtual loss is Σᵢ ṽᵢ(ℓ) ℓᵢ with ℓ = ℓ(w) inside V and inside Z, so its gradient in w is
+        # Σᵢ cᵢ ∇ℓᵢ with cᵢ its partial derivative in ℓᵢ; create_graph keeps c a function of Θ.
+        leaf = losses.detach().requires_grad_(True)
+        with torch.enable_grad():
+            total = (normalize_weights(self._weights(leaf), self.normalize) * leaf).sum()
+            (coefficients,) = torch.autograd.grad(total, leaf, create_graph=True)
+        return coefficients
 
     def _weights(self, losses: Tensor) -> Tensor:
         """V(ℓ; Θ) in the weight net's dtype and device, returned in the losses' dtype."""

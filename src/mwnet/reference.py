@@ -35,12 +35,15 @@ OFFICIAL_PHASES: tuple[str, ...] = (
 
 def official_step(model: nn.Module, optimizer: torch.optim.Optimizer, weight_net: nn.Module,
                   weight_optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, x_meta: Tensor, y_meta: Tensor,
-                  *, normalize: str = "mean", only: Collection[str] | None = None) -> float:
+                  *, normalize: str = "mean", only: Collection[str] | None = None,
+                  virtual_loss: str = "detached") -> float:
     """One official iteration on (x, y) and (x_meta, y_meta); returns the meta loss L_meta(ŵ).
 
     Args:
         normalize: "mean" (Z = n) or "sum" (Z = Σ v) in both the virtual and the real step.
         only: names of the parameters the virtual step moves [every parameter the optimizer trains].
+        virtual_loss: "detached" (the noisy-label scripts: `vnet(cost_v.data)`) or "attached" (the long-tail
+            script: `vnet(cost_v)`, so the virtual gradient also flows through V's input and the normaliser).
     """
     names = {id(p): k for k, p in model.named_parameters()}
     lrs = {names[id(p)]: float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
@@ -50,7 +53,7 @@ def official_step(model: nn.Module, optimizer: torch.optim.Optimizer, weight_net
         moved = {k: p for k, p in meta_model.named_parameters()
                  if p.requires_grad and k in lrs and (only is None or k in only)}
         losses = F.cross_entropy(meta_model(x), y, reduction="none")
-        weights = normalize_weights(weight_net(losses.detach()), normalize)
+        weights = normalize_weights(weight_net(losses if virtual_loss == "attached" else losses.detach()), normalize)
     with record_function("official.virtual_backward"):
         grads = torch.autograd.grad((weights * losses).sum(), list(moved.values()), create_graph=True)
         virtual = {k: p - lrs[k] * g for (k, p), g in zip(moved.items(), grads)}
