@@ -15,8 +15,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mwnet.core import FirstForward, StepResult, Weighting, as_inputs, check_batch, reweighted_step
+from mwnet.core import FirstForward, StepResult, Weighting, reweighted_step
 from mwnet.hypergradients import weight_sensitivity
+from mwnet.inputs import as_inputs, check_batch
 from mwnet.losses import mean_cross_entropy
 from mwnet.methods import register_method
 from mwnet.methods.base import Method
