@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 from torch.func import functional_call
 
-from mwnet.core import normalize_weights
+from mwnet.losses import normalize_weights
 
 #: Names of the phases marked inside `official_step`, in order (read by the speed benchmark's profiler).
 OFFICIAL_PHASES: tuple[str, ...] = (

@@ -11,7 +11,13 @@ from torch import Tensor
 from torch.autograd.profiler import record_function
 
 from mwnet.hypergradients import register_hypergradient
-from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, check_finite_scalar
+from mwnet.hypergradients.problem import (
+    ModeInputs,
+    VirtualStep,
+    call_with_buffers,
+    check_finite_scalar,
+    meta_gradient,
+)
 
 
 @register_hypergradient("double-backward", exact=True)
@@ -21,10 +27,18 @@ def double_backward_sensitivity(problem: VirtualStep, weights: Tensor, extras: M
     with record_function("mwnet.virtual_step"):
         grads = torch.autograd.grad((leaf * problem.losses).sum(), [problem.params[k] for k in names],
                                     create_graph=True, retain_graph=True)
+        if problem.shards is not None:  # the global gradient, differentiable in this rank's ṽ only
+            grads = [g + (total - g.detach()) for g, total in zip(grads, problem.shards.sum(grads))]
         virtual = {k: problem.params[k] - problem.lrs[k] * g for k, g in zip(names, grads)}
     with record_function("mwnet.meta_gradient"):
-        meta_loss = problem.meta_loss_fn(call_with_buffers(problem.model, virtual, problem.buffers,
-                                                           problem.meta_inputs), problem.meta_targets)
-        check_finite_scalar(meta_loss, "meta loss")
-        (sensitivity,) = torch.autograd.grad(meta_loss, leaf)
-    return sensitivity, meta_loss.detach()
+        if problem.shards is None:
+            meta_loss = problem.meta_loss_fn(call_with_buffers(problem.model, virtual, problem.buffers,
+                                                               problem.meta_inputs), problem.meta_targets)
+            check_finite_scalar(meta_loss, "meta loss")
+            (sensitivity,) = torch.autograd.grad(meta_loss, leaf)
+            return sensitivity, meta_loss.detach()
+        # Several ranks: ∇L_meta(ŵ) over the global meta batch first, then the second-order backward of that
+        # vector from ŵ into this rank's ṽ (ŵ depends on ṽ through this rank's part of the global gradient).
+        meta_grads, meta_loss = meta_gradient(problem, virtual, [virtual[k] for k in names], retain_graph=True)
+        (sensitivity,) = torch.autograd.grad([virtual[k] for k in names], leaf, grad_outputs=meta_grads)
+    return sensitivity, meta_loss

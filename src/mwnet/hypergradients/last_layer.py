@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from mwnet.hypergradients import register_hypergradient
-from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, check_finite_scalar
+from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, meta_gradient, summed
 
 
 @register_hypergradient("last-layer", exact=False)
@@ -26,23 +26,23 @@ def last_layer_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeIn
         # δ: per-sample loss gradients w.r.t. the logits; row i of ∇_z Σ ℓ is ∂ℓᵢ/∂zᵢ (losses are row-wise).
         delta = torch.autograd.grad(problem.losses.sum(), logits, retain_graph=True)[0].detach()
         weighted = weights[:, None] * delta
-        w_virtual = (layer.weight.detach() - lr_w * (weighted.T @ features)).requires_grad_(True)
+        grad_w, grad_b = summed(problem, [weighted.T @ features, weighted.sum(0)])
+        w_virtual = (layer.weight.detach() - lr_w * grad_w).requires_grad_(True)
         b_virtual = None
         if bias_name is not None:
-            b_virtual = (layer.bias.detach() - problem.lrs[bias_name] * weighted.sum(0)).requires_grad_(True)
+            b_virtual = (layer.bias.detach() - problem.lrs[bias_name] * grad_b).requires_grad_(True)
     with record_function("mwnet.meta_gradient"):
         meta_features = layer_input(problem.model, layer, problem.buffers, problem.meta_inputs)
         meta_logits = meta_features @ w_virtual.T
         if b_virtual is not None:
             meta_logits = meta_logits + b_virtual
-        meta_loss = problem.meta_loss_fn(meta_logits, problem.meta_targets)
-        check_finite_scalar(meta_loss, "meta loss")
-        grads = torch.autograd.grad(meta_loss, [w_virtual] if b_virtual is None else [w_virtual, b_virtual])
+        grads, meta_loss = meta_gradient(problem, {}, [w_virtual] if b_virtual is None else [w_virtual, b_virtual],
+                                         output=meta_logits)
     with record_function("mwnet.sensitivity"):
         s = lr_w * ((delta @ grads[0]) * features).sum(1)
         if b_virtual is not None:
             s = s + problem.lrs[bias_name] * (delta @ grads[1])
-    return -s, meta_loss.detach()
+    return -s, meta_loss
 
 
 def layer_parameter_names(params: dict[str, Tensor], layer: nn.Linear) -> tuple[str, str | None]:

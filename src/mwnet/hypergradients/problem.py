@@ -8,7 +8,7 @@ the modes: calls on throwaway buffers, dropout-mask replay, and the first-order 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 from torch.func import functional_call
 
+from mwnet.distributed import Shards
 from mwnet.errors import NonFiniteLossError
 from mwnet.losses import LossFn
 
@@ -32,7 +33,10 @@ class VirtualStep:
         inputs, targets: the training batch.
         losses: (n,) loss_fn(model(*inputs), targets), with its graph to `params` (the step's first forward).
         meta_inputs, meta_targets: the meta batch.
-        loss_fn, meta_loss_fn: per-sample training loss and scalar meta loss.
+        loss_fn, meta_loss_fn: per-sample training loss and scalar meta loss (a mean over the meta batch).
+        shards: under torch.distributed, the other ranks' shards of the global batches (mwnet.distributed): the
+            virtual gradient and the meta gradient are summed over ranks; None in one process.
+        meta_fraction: this rank's share m_r / M of the global meta batch (1 in one process).
     """
 
     model: nn.Module
@@ -46,6 +50,8 @@ class VirtualStep:
     meta_targets: Tensor
     loss_fn: LossFn
     meta_loss_fn: LossFn
+    shards: Shards | None = None
+    meta_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -91,15 +97,39 @@ def meta_direction(problem: VirtualStep, weights: Tensor) -> tuple[dict[str, Ten
     with record_function("mwnet.virtual_step"):
         grads = torch.autograd.grad((weights * problem.losses).sum(), [problem.params[k] for k in names],
                                     retain_graph=True)
+        grads = summed(problem, grads)
         virtual = {k: (problem.params[k].detach() - problem.lrs[k] * g).requires_grad_(True)
                    for k, g in zip(names, grads)}
     with record_function("mwnet.meta_gradient"):
-        meta_loss = problem.meta_loss_fn(call_with_buffers(problem.model, virtual, problem.buffers,
-                                                           problem.meta_inputs), problem.meta_targets)
-        check_finite_scalar(meta_loss, "meta loss")
-        meta_grads = torch.autograd.grad(meta_loss, [virtual[k] for k in names])
+        meta_grads, meta_loss = meta_gradient(problem, virtual, [virtual[k] for k in names])
         direction = {k: problem.lrs[k] * g for k, g in zip(names, meta_grads)}
-    return direction, meta_loss.detach()
+    return direction, meta_loss
+
+
+def meta_gradient(problem: VirtualStep, virtual: dict[str, Tensor], wrt: list[Tensor], *,
+                  output: Tensor | None = None, retain_graph: bool = False) -> tuple[list[Tensor], Tensor]:
+    """∇ L_meta with respect to `wrt` and L_meta (detached), both over the global meta batch.
+
+    In one process: L_meta = meta_loss_fn(model at `virtual`). Under torch.distributed each rank differentiates
+    its share (m_r/M)·L_r and one all-reduce sums gradients and values, so every rank gets the global mean.
+    `output` is the model's output on the meta batch when the caller computed it otherwise (last-layer mode).
+    """
+    if output is None:
+        output = call_with_buffers(problem.model, virtual, problem.buffers, problem.meta_inputs)
+    meta_loss = problem.meta_loss_fn(output, problem.meta_targets)
+    if problem.shards is None:
+        check_finite_scalar(meta_loss, "meta loss")
+        return list(torch.autograd.grad(meta_loss, wrt, retain_graph=retain_graph)), meta_loss.detach()
+    share = meta_loss * problem.meta_fraction
+    *grads, total = problem.shards.sum([*torch.autograd.grad(share, wrt, retain_graph=retain_graph),
+                                        share.detach()])
+    check_finite_scalar(total, "meta loss")
+    return grads, total
+
+
+def summed(problem: VirtualStep, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors summed over ranks (one bucketed all-reduce), or as they are in one process."""
+    return list(tensors) if problem.shards is None else problem.shards.sum(tensors)
 
 
 @contextlib.contextmanager

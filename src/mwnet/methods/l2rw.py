@@ -15,12 +15,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mwnet.core import FirstForward, StepResult, Weighting, reweighted_step
+from mwnet.distributed import global_sum
 from mwnet.hypergradients import weight_sensitivity
-from mwnet.inputs import as_inputs, check_batch
 from mwnet.losses import mean_cross_entropy
 from mwnet.methods import register_method
 from mwnet.methods.base import Method
+from mwnet.step import FirstForward, StepResult, Weighting, reweighted_step
 
 
 @dataclass(frozen=True)
@@ -57,18 +57,17 @@ class LearningToReweight(Method):
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor | None = None, y_meta: Tensor | None = None) -> StepResult:
         if x_meta is None or y_meta is None:
             raise ValueError("l2rw needs a meta batch (x_meta, y_meta) on every step")
-        inputs, meta_inputs = as_inputs(x), as_inputs(x_meta)
-        check_batch(inputs, y, "training")
-        check_batch(meta_inputs, y_meta, "meta")
 
         def rule(first: FirstForward) -> Weighting:
             zero = torch.zeros_like(first.losses).detach()
-            sensitivity, meta_loss = weight_sensitivity(first.problem(meta_inputs, y_meta, mean_cross_entropy),
-                                                        zero, self.options.hypergradient, first.extras)
-            weights = l2rw_weights(sensitivity.detach().to(first.losses.dtype))
-            return Weighting(weights, weights * weights.shape[0], float(meta_loss), meta_updated=True)
+            sensitivity, meta_loss = weight_sensitivity(first.problem(mean_cross_entropy), zero,
+                                                        self.options.hypergradient, first.extras)
+            raw = (-sensitivity.detach().to(first.losses.dtype)).clamp_min(0)
+            total = global_sum(raw.sum(), first.shards)
+            weights = raw / torch.where(total > 0, total, torch.ones_like(total))
+            return Weighting(weights, weights * first.global_size, float(meta_loss), meta_updated=True)
 
-        return reweighted_step(self.model, self.optimizer, inputs, y, rule)
+        return reweighted_step(self.model, self.optimizer, x, y, rule, meta=(x_meta, y_meta))
 
     def sample_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
         # L2RW weights exist only inside a step (they need a meta batch and gradients); outside, all count alike.

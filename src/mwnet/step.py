@@ -1,0 +1,200 @@
+"""The one step every meta method shares: first forward, a weighting rule, the weighted real update.
+
+`reweighted_step` runs a train-mode forward on x whose graph serves both the virtual and the real update, asks a
+weighting rule for the normalised weights ṽ (MW-Net's rule is `MetaReweighter` in `mwnet.core`, L2RW's in
+`mwnet.methods.l2rw`), then steps the optimizer on Σᵢ ṽᵢ ℓᵢ. It is all or nothing: on any error the model, its
+buffers and the optimizers are as they were. Batch norm follows the official code: every extra pass runs in train
+mode on throwaway copies of the buffers; the model's running statistics change once per step, exactly as after
+one train-mode forward on x. Each phase is marked with `record_function` (names in `STEP_PHASES`), so a profiler
+shows where the time goes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.autograd.profiler import record_function
+from torch.func import functional_call
+
+from mwnet.distributed import Shards, check_supported, current_shards, global_sum, sum_gradients, unwrap
+from mwnet.errors import NonFiniteLossError
+from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state
+from mwnet.inputs import as_inputs, check_batch
+from mwnet.losses import LossFn, per_sample_cross_entropy
+from mwnet.module_state import captured_layer, trainable_parameters, training_mode
+
+#: The phases of a step, in order, as marked with `torch.autograd.profiler.record_function`.
+STEP_PHASES: tuple[str, ...] = ("mwnet.forward", "mwnet.weight_net_forward", "mwnet.virtual_step",
+                                "mwnet.meta_gradient", "mwnet.sensitivity", "mwnet.weight_net_update",
+                                "mwnet.real_update")
+
+
+@dataclass
+class StepResult:
+    """What one step did.
+
+    Attributes:
+        loss: the weighted training loss Σ ṽᵢ ℓᵢ of the real update.
+        meta_loss: L_meta(ŵ) at the virtual parameters; nan when Θ was not updated this iteration.
+        weights: (n,) detached, unnormalised V(ℓ; Θ_new) used in the real update.
+        losses: (n,) detached per-sample training losses.
+        logits: the model's detached output on x.
+        meta_updated: whether Θ was updated (False on skipped iterations of `meta_interval`).
+    """
+
+    loss: float
+    meta_loss: float
+    weights: Tensor
+    losses: Tensor
+    logits: Tensor
+    meta_updated: bool
+
+
+@dataclass
+class FirstForward:
+    """The step's first forward on x, handed to a weighting rule; `problem()` poses the virtual step on it."""
+
+    model: nn.Module
+    params: dict[str, Tensor]
+    lrs: dict[str, float]
+    buffers: dict[str, Tensor]
+    inputs: tuple[Tensor, ...]
+    targets: Tensor
+    losses: Tensor
+    loss_fn: LossFn
+    extras: ModeInputs
+    meta_inputs: tuple[Tensor, ...] = ()
+    meta_targets: Tensor | None = None
+    shards: Shards | None = None
+    global_size: int = 0  # n summed over ranks (= n in one process)
+    meta_fraction: float = 1.0  # this rank's m / M
+
+    def problem(self, meta_loss_fn: LossFn) -> VirtualStep:
+        assert self.meta_targets is not None, "the step was given no meta batch"
+        return VirtualStep(self.model, self.params, self.lrs, self.buffers, self.inputs, self.targets, self.losses,
+                           self.meta_inputs, self.meta_targets, self.loss_fn, meta_loss_fn, self.shards,
+                           self.meta_fraction)
+
+    def normalizer(self, weights: Tensor, normalize: str) -> Tensor:
+        """Z over every rank's samples, detached: Σ v ("sum", 1 when Σ v = 0) or the global n ("mean")."""
+        if normalize == "mean":
+            return torch.tensor(float(self.global_size), dtype=weights.dtype, device=weights.device)
+        total = global_sum(weights.detach().sum(), self.shards)
+        return torch.where(total == 0, torch.ones_like(total), total)
+
+
+@dataclass
+class Weighting:
+    """A weighting rule's answer: the normalised weights ṽ of the real update and what to report.
+
+    `rollback` undoes what the rule changed (Θ and its optimizer) if the real update is then refused.
+    """
+
+    normalized: Tensor
+    reported: Tensor
+    meta_loss: float = math.nan
+    meta_updated: bool = False
+    rollback: Callable[[], None] = field(default=lambda: None)
+
+
+WeightRule = Callable[[FirstForward], Weighting]
+
+
+def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor | Sequence[Tensor], y: Tensor,
+                    rule: WeightRule, *, meta: tuple[Tensor | Sequence[Tensor], Tensor] | None = None,
+                    loss_fn: LossFn = per_sample_cross_entropy, replay_rng: bool = True,
+                    last_layer: nn.Linear | None = None, check: Callable[[], None] | None = None,
+                    group: dist.ProcessGroup | None = None) -> StepResult:
+    """First forward on x, `rule` chooses the weights, then the weighted real update; all or nothing.
+
+    Any error (bad input, a non-finite loss or weight) leaves the model, its buffers and the optimizer as they
+    were. `meta` is the meta batch the rule may use; `check` runs the caller's own input checks with the step's.
+    `replay_rng` keeps the RNG state of the first forward for re-forwards over x (dropout masks); `last_layer`
+    captures that layer's input and output for the "last-layer" mode. Under torch.distributed (world size > 1 in
+    `group`), the ranks' batches are shards of one global batch (mwnet.distributed) and a failure on any rank
+    raises on every rank.
+    """
+    shards = current_shards(group)
+    module = unwrap(model)
+    error: Exception | None = None
+    try:
+        if check is not None:
+            check()
+        if shards is not None:
+            check_supported(module)
+        first, logits, scratch = _first_forward(module, optimizer, x, y, meta, loss_fn, replay_rng, last_layer)
+    except Exception as exc:
+        if shards is None:
+            raise
+        error = exc
+    if shards is not None:
+        sizes = shards.agree(error, [y.shape[0] if y.dim() else 0, 0 if meta is None else meta[1].shape[0]])
+        first.shards, first.global_size = shards, sizes[0]
+        first.meta_fraction = (first.meta_targets.shape[0] / sizes[1]) if first.meta_targets is not None else 1.0
+    with training_mode(module):
+        weighting = rule(first)
+        losses = first.losses
+        with record_function("mwnet.real_update"):
+            try:
+                real_loss = (weighting.normalized.to(losses.dtype) * losses).sum()
+                if shards is None and not torch.isfinite(real_loss):
+                    raise NonFiniteLossError("weighted training loss", str(float(real_loss.detach())))
+                optimizer.zero_grad()
+                real_loss.backward()
+                if shards is not None:  # the global gradient Σ over ranks, and the global loss, in one all-reduce
+                    real_loss = sum_gradients(first.params, real_loss, shards)
+            except BaseException:
+                weighting.rollback()
+                raise
+            optimizer.step()
+            with torch.no_grad():  # commit the running statistics of the one train-mode forward on x
+                for name, buffer in module.named_buffers():
+                    buffer.copy_(scratch[name])
+            if shards is not None:
+                shards.broadcast_buffers(module)
+    return StepResult(loss=float(real_loss.detach()), meta_loss=float(weighting.meta_loss),
+                      weights=weighting.reported.detach(), losses=losses.detach(), logits=logits.detach(),
+                      meta_updated=weighting.meta_updated)
+
+
+def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor | Sequence[Tensor], y: Tensor,
+                   meta: tuple[Tensor | Sequence[Tensor], Tensor] | None, loss_fn: LossFn, replay_rng: bool,
+                   last_layer: nn.Linear | None) -> tuple[FirstForward, Tensor, dict[str, Tensor]]:
+    """Checks, then the train-mode forward on x whose graph serves the virtual and the real update."""
+    inputs = as_inputs(x)
+    check_batch(inputs, y, "training")
+    meta_inputs: tuple[Tensor, ...] = ()
+    meta_targets = None
+    if meta is not None:
+        meta_inputs, meta_targets = as_inputs(meta[0]), meta[1]
+        check_batch(meta_inputs, meta_targets, "meta")
+    params, lrs = trainable_parameters(model, optimizer)
+    snapshot = {k: b.detach().clone() for k, b in model.named_buffers()}
+    rng_state = capture_rng_state(y.device) if replay_rng else None
+    with training_mode(model), record_function("mwnet.forward"):
+        # Scratch buffers, so nothing of the model changes until the step succeeds.
+        scratch = {k: b.clone() for k, b in snapshot.items()}
+        with captured_layer(last_layer) as captured:
+            logits = functional_call(model, scratch, inputs, strict=False)
+        losses = loss_fn(logits, y)
+        if losses.shape != y.shape[:1]:
+            raise ValueError(f"loss_fn must return per-sample losses of shape ({y.shape[0]},), "
+                             f"got {tuple(losses.shape)}")
+        if not torch.isfinite(losses).all():
+            bad = int((~torch.isfinite(losses)).sum())
+            raise NonFiniteLossError("training loss", f"{bad} of {losses.shape[0]} samples")
+    extras = ModeInputs(rng_state=rng_state, logits=logits)
+    if last_layer is not None:
+        if len(captured) != 1:
+            raise ValueError(f"last-layer mode: the final linear layer ran {len(captured)} times")
+        if captured[0][1] is not logits:
+            raise ValueError("last-layer mode: the model's output must be the final linear layer's output")
+        extras = ModeInputs(rng_state=rng_state, last_layer=last_layer, features=captured[0][0], logits=logits)
+    first = FirstForward(model, params, lrs, snapshot, inputs, y, losses, loss_fn, extras, meta_inputs,
+                         meta_targets, global_size=y.shape[0])
+    return first, logits, scratch
