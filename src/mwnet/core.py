@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from mwnet.distributed import (
+    Traffic,
     current_shards,
-    through_global_normalizer,
     unwrap,
+    weight_net_gradient,
 )
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import check_mode, weight_sensitivity
@@ -113,6 +114,7 @@ class MetaReweighter:
         self.epsilon = float(epsilon)
         self.virtual_loss = virtual_loss
         self.group = group
+        self.traffic = Traffic()  # collectives and bytes this rank sent (under torch.distributed)
         self.iteration = 0
         self.last_layer = resolve_last_layer(unwrap(model), last_layer) if hypergradient == "last-layer" else None
         trainable_parameters(unwrap(model), optimizer)
@@ -140,7 +142,7 @@ class MetaReweighter:
         meta = (x_meta, y_meta) if update_meta and x_meta is not None and y_meta is not None else None
         result = reweighted_step(self.model, self.optimizer, x, y, rule, meta=meta, loss_fn=self.loss_fn,
                                  replay_rng=update_meta, last_layer=self.last_layer if update_meta else None,
-                                 check=check, group=self.group)
+                                 check=check, group=self.group, traffic=self.traffic)
         self.iteration += 1
         return result
 
@@ -161,7 +163,6 @@ class MetaReweighter:
         with record_function("mwnet.weight_net_forward"):
             if first.shards is None:
                 weights = self._virtual_coefficients(losses)
-                outputs = weights
             else:  # ṽ = v / Z with the global Z, whose own dependence on Θ is added below
                 outputs = self._weights(losses)
                 normalizer = first.normalizer(outputs, self.normalize)
@@ -171,15 +172,14 @@ class MetaReweighter:
                                                     dataclasses.replace(first.extras, epsilon=self.epsilon))
         with record_function("mwnet.weight_net_update"):
             theta = [p for p in self.weight_net.parameters() if p.requires_grad]
-            grad_outputs = sensitivity.to(weights.dtype)
-            if first.shards is not None:
-                grad_outputs = through_global_normalizer(grad_outputs, outputs.detach(), normalizer,
-                                                          self.normalize, first.shards)
-            # ∇Θ L_meta = Σᵢ (∂L_meta/∂ṽᵢ) ∂ṽᵢ/∂Θ: a backward through V alone (then summed over ranks).
-            hyper = torch.autograd.grad(outputs, theta, grad_outputs=grad_outputs, allow_unused=True)
-            hyper = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, hyper)]
-            if first.shards is not None:
-                hyper = first.shards.sum(hyper)
+            if first.shards is None:
+                # ∇Θ L_meta = Σᵢ (∂L_meta/∂ṽᵢ) ∂ṽᵢ/∂Θ: a backward through V alone.
+                hyper = torch.autograd.grad(weights, theta, grad_outputs=sensitivity.to(weights.dtype),
+                                            allow_unused=True)
+                hyper = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, hyper)]
+            else:  # the same sum over every rank's samples, through the shared Z
+                hyper = weight_net_gradient(outputs, theta, sensitivity.to(outputs.dtype), normalizer,
+                                            self.normalize, first.shards)
             if not all(torch.isfinite(g).all() for g in hyper):
                 raise NonFiniteLossError("hypergradient for the weight net")
             restore = undo_point(self.weight_net, self.weight_optimizer)

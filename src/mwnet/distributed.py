@@ -101,15 +101,25 @@ def sum_gradients(params: dict[str, Tensor], loss: Tensor, shards: Shards) -> Te
     return total
 
 
-def through_global_normalizer(grad: Tensor, weights: Tensor, normalizer: Tensor, normalize: str,
-                               shards: Shards) -> Tensor:
-    """∂L/∂vᵢ from g = ∂L/∂ṽ when ṽ = v / Z and Z sums v over every rank: gᵢ/Z − (Σⱼ gⱼvⱼ)/Z² for "sum"."""
+def weight_net_gradient(weights: Tensor, theta: list[Tensor], grad: Tensor, normalizer: Tensor, normalize: str,
+                        shards: Shards) -> list[Tensor]:
+    """∇Θ L = Σ over every rank's samples of ∂L/∂ṽᵢ · ∂ṽᵢ/∂Θ, when ṽ = v / Z and Z (the global Σv or n) is shared.
+
+    For "sum", ∂L/∂vᵢ = gᵢ/Z − G/Z² with G = Σⱼ gⱼvⱼ over all ranks; the local parts A = Σᵢ (gᵢ/Z) ∂vᵢ/∂Θ and
+    B = Σᵢ ∂vᵢ/∂Θ travel with the local part of G in one all-reduce, and ∇Θ L = A − (G/Z²) B. (When every v is
+    0, Z = 1 and G = 0, so the formula needs no special case.)
+    """
+    values = weights.detach()
+    local = torch.autograd.grad(weights, theta, grad_outputs=grad / normalizer, allow_unused=True,
+                                retain_graph=normalize == "sum")
+    local = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, local)]
     if normalize == "mean":
-        return grad / normalizer
-    total = global_sum(weights.sum(), shards)
-    if float(total) == 0.0:  # Z = 1 is then a constant
-        return grad
-    return grad / normalizer - global_sum((grad * weights).sum(), shards) / normalizer**2
+        return shards.sum(local)
+    spread = torch.autograd.grad(weights, theta, grad_outputs=torch.ones_like(values), allow_unused=True)
+    spread = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, spread)]
+    *summed, total = shards.sum([*local, *spread, (grad * values).sum()])
+    a, b = summed[:len(theta)], summed[len(theta):]
+    return [ga - total / normalizer**2 * gb for ga, gb in zip(a, b)]
 
 
 def current_shards(group: dist.ProcessGroup | None = None, traffic: Traffic | None = None) -> Shards | None:

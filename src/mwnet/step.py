@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 from torch.func import functional_call
 
-from mwnet.distributed import Shards, check_supported, current_shards, global_sum, sum_gradients, unwrap
+from mwnet.distributed import Shards, Traffic, check_supported, current_shards, global_sum, sum_gradients, unwrap
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state
 from mwnet.inputs import as_inputs, check_batch
@@ -109,7 +109,7 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
                     rule: WeightRule, *, meta: tuple[Tensor | Sequence[Tensor], Tensor] | None = None,
                     loss_fn: LossFn = per_sample_cross_entropy, replay_rng: bool = True,
                     last_layer: nn.Linear | None = None, check: Callable[[], None] | None = None,
-                    group: dist.ProcessGroup | None = None) -> StepResult:
+                    group: dist.ProcessGroup | None = None, traffic: Traffic | None = None) -> StepResult:
     """First forward on x, `rule` chooses the weights, then the weighted real update; all or nothing.
 
     Any error (bad input, a non-finite loss or weight) leaves the model, its buffers and the optimizer as they
@@ -117,9 +117,9 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
     `replay_rng` keeps the RNG state of the first forward for re-forwards over x (dropout masks); `last_layer`
     captures that layer's input and output for the "last-layer" mode. Under torch.distributed (world size > 1 in
     `group`), the ranks' batches are shards of one global batch (mwnet.distributed) and a failure on any rank
-    raises on every rank.
+    raises on every rank; `traffic` counts the collectives.
     """
-    shards = current_shards(group)
+    shards = current_shards(group, traffic)
     module = unwrap(model)
     error: Exception | None = None
     try:
