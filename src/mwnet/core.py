@@ -135,7 +135,7 @@ class MetaReweighter:
         def rule(first: FirstForward) -> Weighting:
             if not update_meta:
                 with record_function("mwnet.weight_net_forward"), torch.no_grad():
-                    weights = self._weights(first.losses.detach())
+                    weights = self._weights(first.losses.detach(), first.targets)
                 return Weighting(self._normalized(weights, first), weights)
             return self._meta_update(first)
 
@@ -146,10 +146,11 @@ class MetaReweighter:
         self.iteration += 1
         return result
 
-    def weights(self, losses: Tensor) -> Tensor:
-        """V(ℓ; Θ) for given per-sample losses, without gradient: what the real update would use."""
+    def weights(self, losses: Tensor, targets: Tensor | None = None) -> Tensor:
+        """V(ℓ; Θ) for given per-sample losses (and their labels, for a weight net that uses them), without
+        gradient: what the real update would use."""
         with torch.no_grad():
-            return self._weights(losses.detach())
+            return self._weights(losses.detach(), targets)
 
     def state_dict(self) -> dict:
         return {"iteration": self.iteration}
@@ -162,9 +163,9 @@ class MetaReweighter:
         losses = first.losses.detach()
         with record_function("mwnet.weight_net_forward"):
             if first.shards is None:
-                weights = self._virtual_coefficients(losses)
+                weights = self._virtual_coefficients(losses, first.targets)
             else:  # ṽ = v / Z with the global Z, whose own dependence on Θ is added below
-                outputs = self._weights(losses)
+                outputs = self._weights(losses, first.targets)
                 normalizer = first.normalizer(outputs, self.normalize)
                 weights = outputs / normalizer
         sensitivity, meta_loss = weight_sensitivity(first.problem(self.meta_loss_fn), weights.detach(),
@@ -187,7 +188,7 @@ class MetaReweighter:
                 p.grad = g
             self.weight_optimizer.step()
             with torch.no_grad():
-                new_weights = self._weights(losses)
+                new_weights = self._weights(losses, first.targets)
             # Under several ranks a non-finite weight shows in the global loss of the real update instead, so
             # that every rank refuses the step together.
             if first.shards is None and not torch.isfinite(new_weights).all():
@@ -201,22 +202,32 @@ class MetaReweighter:
             return normalize_weights(weights, self.normalize)
         return weights / first.normalizer(weights, self.normalize)
 
-    def _virtual_coefficients(self, losses: Tensor) -> Tensor:
+    def _virtual_coefficients(self, losses: Tensor, targets: Tensor) -> Tensor:
         """The coefficients of ∇ℓᵢ in the virtual step, differentiable in Θ: ṽ, or c for virtual_loss="attached"."""
         if self.virtual_loss == "detached":
-            return normalize_weights(self._weights(losses), self.normalize)
+            return normalize_weights(self._weights(losses, targets), self.normalize)
         # Attached: the virtual loss is Σᵢ ṽᵢ(ℓ) ℓᵢ with ℓ = ℓ(w) inside V and inside Z, so its gradient in w is
         # Σᵢ cᵢ ∇ℓᵢ with cᵢ its partial derivative in ℓᵢ; create_graph keeps c a function of Θ.
         leaf = losses.detach().requires_grad_(True)
         with torch.enable_grad():
-            total = (normalize_weights(self._weights(leaf), self.normalize) * leaf).sum()
+            total = (normalize_weights(self._weights(leaf, targets), self.normalize) * leaf).sum()
             (coefficients,) = torch.autograd.grad(total, leaf, create_graph=True)
         return coefficients
 
-    def _weights(self, losses: Tensor) -> Tensor:
-        """V(ℓ; Θ) in the weight net's dtype and device, returned in the losses' dtype."""
+    def _weights(self, losses: Tensor, targets: Tensor | None) -> Tensor:
+        """V(ℓ; Θ) in the weight net's dtype and device, returned in the losses' dtype.
+
+        A weight net with `uses_targets = True` (class-aware, e.g. `ClassAwareWeightNet`) is called as
+        V(ℓ, y) with the observed labels; every other one as V(ℓ), so plain MW-Net is untouched.
+        """
         reference = next(self.weight_net.parameters())
-        out = self.weight_net(losses.to(dtype=reference.dtype, device=reference.device))
+        moved = losses.to(dtype=reference.dtype, device=reference.device)
+        if getattr(self.weight_net, "uses_targets", False):
+            if targets is None:
+                raise ValueError("this weight net needs the samples' labels: pass targets")
+            out = self.weight_net(moved, targets.to(reference.device))
+        else:
+            out = self.weight_net(moved)
         return out.to(dtype=losses.dtype, device=losses.device)
 
 
