@@ -38,11 +38,13 @@ from mwnet.hypergradients import check_mode, weight_sensitivity
 from mwnet.hypergradients.last_layer import resolve_last_layer
 from mwnet.losses import NORMALIZATIONS, LossFn, mean_cross_entropy, normalize_weights, per_sample_cross_entropy
 from mwnet.module_state import check_owned, trainable_parameters, undo_point
+from mwnet.precision import check_precision
 from mwnet.step import FirstForward, StepResult, Weighting, reweighted_step
 
 Normalize = Literal["sum", "mean"]
 Hypergradient = Literal["forward", "double-backward", "finite-difference", "last-layer"]
 VirtualLoss = Literal["detached", "attached"]
+Precision = Literal["fp32", "bf16", "fp16"]
 VIRTUAL_LOSSES: tuple[str, ...] = ("detached", "attached")
 
 class MetaReweighter:
@@ -71,6 +73,8 @@ class MetaReweighter:
         group: the torch.distributed process group whose ranks hold shards of one global batch [the default
             group, when initialised with more than one rank]. The model may be passed plain or wrapped in
             DistributedDataParallel; every rank ends each step with the same parameters (docs/distributed.md).
+        precision: "fp32", or "bf16" / "fp16" autocast for every forward of the classifier; the weight net, the
+            hypergradient and the optimizer steps stay in float32; "fp16" needs CUDA (mwnet.precision) ["fp32"].
     """
 
     def __init__(
@@ -89,10 +93,12 @@ class MetaReweighter:
         epsilon: float = 1e-4,
         virtual_loss: VirtualLoss = "detached",
         group: dist.ProcessGroup | None = None,
+        precision: Precision = "fp32",
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         check_mode(hypergradient)
+        check_precision(precision)
         if virtual_loss not in VIRTUAL_LOSSES:
             raise ValueError(f"virtual_loss must be one of {VIRTUAL_LOSSES}, got {virtual_loss!r}")
         if virtual_loss == "attached" and hypergradient == "last-layer":
@@ -114,6 +120,7 @@ class MetaReweighter:
         self.epsilon = float(epsilon)
         self.virtual_loss = virtual_loss
         self.group = group
+        self.precision = precision
         self.traffic = Traffic()  # collectives and bytes this rank sent (under torch.distributed)
         self.iteration = 0
         self.last_layer = resolve_last_layer(unwrap(model), last_layer) if hypergradient == "last-layer" else None
@@ -142,7 +149,7 @@ class MetaReweighter:
         meta = (x_meta, y_meta) if update_meta and x_meta is not None and y_meta is not None else None
         result = reweighted_step(self.model, self.optimizer, x, y, rule, meta=meta, loss_fn=self.loss_fn,
                                  replay_rng=update_meta, last_layer=self.last_layer if update_meta else None,
-                                 check=check, group=self.group, traffic=self.traffic)
+                                 check=check, group=self.group, traffic=self.traffic, precision=self.precision)
         self.iteration += 1
         return result
 

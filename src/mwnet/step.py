@@ -27,6 +27,7 @@ from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state
 from mwnet.inputs import as_inputs, check_batch
 from mwnet.losses import LossFn, per_sample_cross_entropy
 from mwnet.module_state import captured_layer, trainable_parameters, training_mode
+from mwnet.precision import autocast, check_device, check_precision, full_precision
 
 #: The phases of a step, in order, as marked with `torch.autograd.profiler.record_function`.
 STEP_PHASES: tuple[str, ...] = ("mwnet.forward", "mwnet.weight_net_forward", "mwnet.virtual_step",
@@ -73,12 +74,13 @@ class FirstForward:
     shards: Shards | None = None
     global_size: int = 0  # n summed over ranks (= n in one process)
     meta_fraction: float = 1.0  # this rank's m / M
+    precision: str = "fp32"
 
     def problem(self, meta_loss_fn: LossFn) -> VirtualStep:
         assert self.meta_targets is not None, "the step was given no meta batch"
         return VirtualStep(self.model, self.params, self.lrs, self.buffers, self.inputs, self.targets, self.losses,
                            self.meta_inputs, self.meta_targets, self.loss_fn, meta_loss_fn, self.shards,
-                           self.meta_fraction)
+                           self.meta_fraction, self.precision)
 
     def normalizer(self, weights: Tensor, normalize: str) -> Tensor:
         """Z over every rank's samples, detached: Σ v ("sum", 1 when Σ v = 0) or the global n ("mean")."""
@@ -109,7 +111,8 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
                     rule: WeightRule, *, meta: tuple[Tensor | Sequence[Tensor], Tensor] | None = None,
                     loss_fn: LossFn = per_sample_cross_entropy, replay_rng: bool = True,
                     last_layer: nn.Linear | None = None, check: Callable[[], None] | None = None,
-                    group: dist.ProcessGroup | None = None, traffic: Traffic | None = None) -> StepResult:
+                    group: dist.ProcessGroup | None = None, traffic: Traffic | None = None,
+                    precision: str = "fp32") -> StepResult:
     """First forward on x, `rule` chooses the weights, then the weighted real update; all or nothing.
 
     Any error (bad input, a non-finite loss or weight) leaves the model, its buffers and the optimizer as they
@@ -117,7 +120,8 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
     `replay_rng` keeps the RNG state of the first forward for re-forwards over x (dropout masks); `last_layer`
     captures that layer's input and output for the "last-layer" mode. Under torch.distributed (world size > 1 in
     `group`), the ranks' batches are shards of one global batch (mwnet.distributed) and a failure on any rank
-    raises on every rank; `traffic` counts the collectives.
+    raises on every rank; `traffic` counts the collectives. `precision` is the autocast dtype of every forward
+    of the classifier (mwnet.precision).
     """
     shards = current_shards(group, traffic)
     module = unwrap(model)
@@ -127,7 +131,8 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
             check()
         if shards is not None:
             check_supported(module)
-        first, logits, scratch = _first_forward(module, optimizer, x, y, meta, loss_fn, replay_rng, last_layer)
+        first, logits, scratch = _first_forward(module, optimizer, x, y, meta, loss_fn, replay_rng, last_layer,
+                                                precision)
     except Exception as exc:
         if shards is None:
             raise
@@ -164,10 +169,12 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
 
 def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor | Sequence[Tensor], y: Tensor,
                    meta: tuple[Tensor | Sequence[Tensor], Tensor] | None, loss_fn: LossFn, replay_rng: bool,
-                   last_layer: nn.Linear | None) -> tuple[FirstForward, Tensor, dict[str, Tensor]]:
+                   last_layer: nn.Linear | None, precision: str) -> tuple[FirstForward, Tensor, dict[str, Tensor]]:
     """Checks, then the train-mode forward on x whose graph serves the virtual and the real update."""
     inputs = as_inputs(x)
     check_batch(inputs, y, "training")
+    check_precision(precision)
+    check_device(precision, y.device)
     meta_inputs: tuple[Tensor, ...] = ()
     meta_targets = None
     if meta is not None:
@@ -179,8 +186,9 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
     with training_mode(model), record_function("mwnet.forward"):
         # Scratch buffers, so nothing of the model changes until the step succeeds.
         scratch = {k: b.clone() for k, b in snapshot.items()}
-        with captured_layer(last_layer) as captured:
-            logits = functional_call(model, scratch, inputs, strict=False)
+        with captured_layer(last_layer) as captured, autocast(precision, y.device):
+            output = functional_call(model, scratch, inputs, strict=False)
+        logits = full_precision(output)
         losses = loss_fn(logits, y)
         if losses.shape != y.shape[:1]:
             raise ValueError(f"loss_fn must return per-sample losses of shape ({y.shape[0]},), "
@@ -192,9 +200,10 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
     if last_layer is not None:
         if len(captured) != 1:
             raise ValueError(f"last-layer mode: the final linear layer ran {len(captured)} times")
-        if captured[0][1] is not logits:
+        if captured[0][1] is not output:
             raise ValueError("last-layer mode: the model's output must be the final linear layer's output")
-        extras = ModeInputs(rng_state=rng_state, last_layer=last_layer, features=captured[0][0], logits=logits)
+        extras = ModeInputs(rng_state=rng_state, last_layer=last_layer, features=full_precision(captured[0][0]),
+                            logits=logits)
     first = FirstForward(model, params, lrs, snapshot, inputs, y, losses, loss_fn, extras, meta_inputs,
-                         meta_targets, global_size=y.shape[0])
+                         meta_targets, global_size=y.shape[0], precision=precision)
     return first, logits, scratch

@@ -14,7 +14,6 @@ from mwnet.hypergradients import register_hypergradient
 from mwnet.hypergradients.problem import (
     ModeInputs,
     VirtualStep,
-    call_with_buffers,
     check_finite_scalar,
     meta_gradient,
 )
@@ -32,8 +31,7 @@ def double_backward_sensitivity(problem: VirtualStep, weights: Tensor, extras: M
         virtual = {k: problem.params[k] - problem.lrs[k] * g for k, g in zip(names, grads)}
     with record_function("mwnet.meta_gradient"):
         if problem.shards is None:
-            meta_loss = problem.meta_loss_fn(call_with_buffers(problem.model, virtual, problem.buffers,
-                                                               problem.meta_inputs), problem.meta_targets)
+            meta_loss = problem.meta_loss_fn(problem.forward(virtual, problem.meta_inputs), problem.meta_targets)
             check_finite_scalar(meta_loss, "meta loss")
             (sensitivity,) = torch.autograd.grad(meta_loss, leaf)
             return sensitivity, meta_loss.detach()

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd.profiler import record_function
 
 from mwnet.hypergradients import register_hypergradient
-from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, meta_direction, replayed_rng
+from mwnet.hypergradients.problem import ModeInputs, VirtualStep, meta_direction, replayed_rng
 
 
 @register_hypergradient("forward", exact=True)
@@ -31,8 +31,7 @@ def directional_derivative(problem: VirtualStep, direction: dict[str, Tensor], r
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
         dual = {k: fwAD.make_dual(p.detach(), direction[k]) for k, p in problem.params.items()}
         # Batch norm updates its running statistics in place during this pass; they are throwaway clones.
-        losses = problem.loss_fn(call_with_buffers(problem.model, dual, problem.buffers, problem.inputs),
-                                 problem.targets)
+        losses = problem.train_losses(dual)
         tangent = fwAD.unpack_dual(losses).tangent
     if tangent is None:  # the losses do not depend on the moved parameters at all
         return torch.zeros_like(losses)

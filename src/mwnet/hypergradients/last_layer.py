@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from mwnet.hypergradients import register_hypergradient
-from mwnet.hypergradients.problem import ModeInputs, VirtualStep, call_with_buffers, meta_gradient, summed
+from mwnet.hypergradients.problem import ModeInputs, VirtualStep, meta_gradient, summed
+from mwnet.precision import full_precision
 
 
 @register_hypergradient("last-layer", exact=False)
@@ -32,7 +33,7 @@ def last_layer_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeIn
         if bias_name is not None:
             b_virtual = (layer.bias.detach() - problem.lrs[bias_name] * grad_b).requires_grad_(True)
     with record_function("mwnet.meta_gradient"):
-        meta_features = layer_input(problem.model, layer, problem.buffers, problem.meta_inputs)
+        meta_features = layer_input(problem, layer)
         meta_logits = meta_features @ w_virtual.T
         if b_virtual is not None:
             meta_logits = meta_logits + b_virtual
@@ -59,17 +60,18 @@ def layer_parameter_names(params: dict[str, Tensor], layer: nn.Linear) -> tuple[
 
 
 @torch.no_grad()
-def layer_input(model: nn.Module, layer: nn.Module, buffers: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
-    """The input of `layer` during a train-mode, no-grad forward of `inputs` (on throwaway buffers), flattened."""
+def layer_input(problem: VirtualStep, layer: nn.Module) -> Tensor:
+    """The input of `layer` during a train-mode, no-grad forward of the meta batch (throwaway buffers), flattened
+    and in float32."""
     captured: list[Tensor] = []
     handle = layer.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
     try:
-        call_with_buffers(model, {}, buffers, inputs)
+        problem.forward({}, problem.meta_inputs)
     finally:
         handle.remove()
     if len(captured) != 1:
         raise ValueError(f"last-layer mode: the final linear layer ran {len(captured)} times in one forward")
-    return captured[0].flatten(1)
+    return full_precision(captured[0].flatten(1))
 
 
 def resolve_last_layer(model: nn.Module, last_layer: nn.Module | str | None) -> nn.Linear:

@@ -19,6 +19,7 @@ from torch.func import functional_call
 from mwnet.distributed import Shards
 from mwnet.errors import NonFiniteLossError
 from mwnet.losses import LossFn
+from mwnet.precision import autocast, full_precision
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class VirtualStep:
         shards: under torch.distributed, the other ranks' shards of the global batches (mwnet.distributed): the
             virtual gradient and the meta gradient are summed over ranks; None in one process.
         meta_fraction: this rank's share m_r / M of the global meta batch (1 in one process).
+        precision: "fp32", "bf16" or "fp16": the autocast dtype of every forward (mwnet.precision).
     """
 
     model: nn.Module
@@ -52,6 +54,17 @@ class VirtualStep:
     meta_loss_fn: LossFn
     shards: Shards | None = None
     meta_fraction: float = 1.0
+    precision: str = "fp32"
+
+    def forward(self, params: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
+        """The model's float32 (or float64) output at `params` on throwaway buffers, under the step's autocast."""
+        with autocast(self.precision, inputs[0].device):
+            output = call_with_buffers(self.model, params, self.buffers, inputs)
+        return full_precision(output)
+
+    def train_losses(self, params: dict[str, Tensor]) -> Tensor:
+        """Per-sample training losses (n,) at `params`."""
+        return self.loss_fn(self.forward(params, self.inputs), self.targets)
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ def meta_gradient(problem: VirtualStep, virtual: dict[str, Tensor], wrt: list[Te
     `output` is the model's output on the meta batch when the caller computed it otherwise (last-layer mode).
     """
     if output is None:
-        output = call_with_buffers(problem.model, virtual, problem.buffers, problem.meta_inputs)
+        output = problem.forward(virtual, problem.meta_inputs)
     meta_loss = problem.meta_loss_fn(output, problem.meta_targets)
     if problem.shards is None:
         check_finite_scalar(meta_loss, "meta loss")
