@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -36,10 +37,16 @@ from mwnet.distributed import (
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import check_mode, weight_sensitivity
 from mwnet.hypergradients.last_layer import resolve_last_layer
+from mwnet.inputs import first_line
 from mwnet.losses import NORMALIZATIONS, LossFn, mean_cross_entropy, normalize_weights, per_sample_cross_entropy
-from mwnet.module_state import check_owned, trainable_parameters, undo_point
+from mwnet.module_state import check_owned, trainable_parameters, uncompiled, undo_point
 from mwnet.precision import check_precision
-from mwnet.step import FirstForward, StepResult, Weighting, reweighted_step
+from mwnet.step import FirstForward, StepOptions, StepResult, Weighting, reweighted_step
+
+
+class ForwardModeFallbackWarning(UserWarning):
+    """The "forward" hypergradient met an op without a forward-mode rule and switched to "double-backward"."""
+
 
 Normalize = Literal["sum", "mean"]
 Hypergradient = Literal["forward", "double-backward", "finite-difference", "last-layer"]
@@ -75,6 +82,16 @@ class MetaReweighter:
             DistributedDataParallel; every rank ends each step with the same parameters (docs/distributed.md).
         precision: "fp32", or "bf16" / "fp16" autocast for every forward of the classifier; the weight net, the
             hypergradient and the optimizer steps stay in float32; "fp16" needs CUDA (mwnet.precision) ["fp32"].
+        max_grad_norm: clip the real update's gradient to this global norm [None].
+        grad_accumulation: step the classifier's optimizer every k-th call, on the sum of the k real-update
+            gradients (each call still updates Θ on its own batch); the optimizer sees Σ over the k micro-batches
+            of their normalised weighted losses, so divide the lr by k for an average [1].
+        scaler: a `torch.amp.GradScaler` for the real update and the virtual and meta gradients; an overflow
+            returns a result with `skipped=True` and changes nothing but the scale [one of its own for "fp16"].
+
+    A hypergradient mode that fails with NotImplementedError (an op without a forward-mode rule: a custom
+    autograd.Function without jvp, some fused kernels) makes "forward" fall back once, with a warning, to the
+    equally exact "double-backward". A `torch.compile`d model is stepped through its original module.
     """
 
     def __init__(
@@ -94,6 +111,9 @@ class MetaReweighter:
         virtual_loss: VirtualLoss = "detached",
         group: dist.ProcessGroup | None = None,
         precision: Precision = "fp32",
+        max_grad_norm: float | None = None,
+        grad_accumulation: int = 1,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -108,6 +128,11 @@ class MetaReweighter:
             raise ValueError(f"meta_interval must be a positive integer, got {meta_interval!r}")
         if not (isinstance(epsilon, (int, float)) and 0 < epsilon < math.inf):
             raise ValueError(f"epsilon must be positive and finite, got {epsilon!r}")
+        if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and 0 < max_grad_norm < math.inf):
+            raise ValueError(f"max_grad_norm must be positive and finite, got {max_grad_norm!r}")
+        if isinstance(grad_accumulation, bool) or not isinstance(grad_accumulation, int) or grad_accumulation < 1:
+            raise ValueError(f"grad_accumulation must be a positive integer, got {grad_accumulation!r}")
+        model = uncompiled(model)
         self.model = model
         self.optimizer = optimizer
         self.weight_net = weight_net
@@ -121,6 +146,9 @@ class MetaReweighter:
         self.virtual_loss = virtual_loss
         self.group = group
         self.precision = precision
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.grad_accumulation = grad_accumulation
+        self.scaler = scaler
         self.traffic = Traffic()  # collectives and bytes this rank sent (under torch.distributed)
         self.iteration = 0
         self.last_layer = resolve_last_layer(unwrap(model), last_layer) if hypergradient == "last-layer" else None
@@ -147,10 +175,16 @@ class MetaReweighter:
             return self._meta_update(first)
 
         meta = (x_meta, y_meta) if update_meta and x_meta is not None and y_meta is not None else None
-        result = reweighted_step(self.model, self.optimizer, x, y, rule, meta=meta, loss_fn=self.loss_fn,
+        if self.precision == "fp16" and self.scaler is None and y.device.type == "cuda":
+            self.scaler = torch.amp.GradScaler("cuda")
+        options = StepOptions(loss_fn=self.loss_fn, precision=self.precision, max_grad_norm=self.max_grad_norm,
+                              scaler=self.scaler, group=self.group, traffic=self.traffic)
+        cycle = self.iteration % self.grad_accumulation
+        result = reweighted_step(self.model, self.optimizer, x, y, rule, meta=meta, options=options,
                                  replay_rng=update_meta, last_layer=self.last_layer if update_meta else None,
-                                 check=check, group=self.group, traffic=self.traffic, precision=self.precision)
-        self.iteration += 1
+                                 check=check, zero_grad=cycle == 0, apply=cycle == self.grad_accumulation - 1)
+        if not result.skipped:
+            self.iteration += 1
         return result
 
     def weights(self, losses: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -160,10 +194,22 @@ class MetaReweighter:
             return self._weights(losses.detach(), targets)
 
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration}
+        """Everything the method holds: the iteration, the weight net, its optimizer (and the scaler's state)."""
+        state = {"iteration": self.iteration, "weight_net": self.weight_net.state_dict(),
+                 "weight_optimizer": self.weight_optimizer.state_dict(), "hypergradient": self.hypergradient}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`; a state holding only the iteration (older checkpoints) restores just that."""
         self.iteration = int(state["iteration"])
+        if "weight_net" in state:
+            self.weight_net.load_state_dict(state["weight_net"])
+            self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+            self.hypergradient = state.get("hypergradient", self.hypergradient)
+        if "scaler" in state and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
     def _meta_update(self, first: FirstForward) -> Weighting:
         """Θ ← opt_Θ(∇Θ L_meta(ŵ(Θ))), then V(ℓ; Θ_new); Θ is restored if anything after the update fails."""
@@ -175,9 +221,7 @@ class MetaReweighter:
                 outputs = self._weights(losses, first.targets)
                 normalizer = first.normalizer(outputs, self.normalize)
                 weights = outputs / normalizer
-        sensitivity, meta_loss = weight_sensitivity(first.problem(self.meta_loss_fn), weights.detach(),
-                                                    self.hypergradient,
-                                                    dataclasses.replace(first.extras, epsilon=self.epsilon))
+        sensitivity, meta_loss = self._sensitivity(first, weights.detach())
         with record_function("mwnet.weight_net_update"):
             theta = [p for p in self.weight_net.parameters() if p.requires_grad]
             if first.shards is None:
@@ -202,6 +246,21 @@ class MetaReweighter:
                 restore()
                 raise NonFiniteLossError("sample weights after the weight-net update")
         return Weighting(self._normalized(new_weights, first), new_weights, float(meta_loss), True, restore)
+
+    def _sensitivity(self, first: FirstForward, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """∂L_meta/∂ṽ by the chosen mode; "forward" falls back once to "double-backward" where an op has no
+        forward-mode rule (nothing has changed at that point, so the retry is the same step)."""
+        extras = dataclasses.replace(first.extras, epsilon=self.epsilon)
+        try:
+            return weight_sensitivity(first.problem(self.meta_loss_fn), weights, self.hypergradient, extras)
+        except NotImplementedError as exc:
+            if self.hypergradient != "forward":
+                raise
+            warnings.warn(ForwardModeFallbackWarning(
+                f"forward-mode AD is not available for this model ({first_line(exc)}); using the equally exact "
+                "'double-backward' hypergradient from now on"), stacklevel=4)
+            self.hypergradient = "double-backward"
+            return weight_sensitivity(first.problem(self.meta_loss_fn), weights, self.hypergradient, extras)
 
     def _normalized(self, weights: Tensor, first: FirstForward) -> Tensor:
         """ṽ for the real update: v / Z, with Z over every rank's samples."""

@@ -85,3 +85,10 @@ def captured_layer(layer: nn.Module | None) -> Iterator[list[tuple[Tensor, Tenso
         yield captured
     finally:
         handle.remove()
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The original module of a `torch.compile`d one: the step re-runs the model with swapped parameters and
+    dual tensors, which a compiled graph would have to recompile for; compile the rest of your loop instead."""
+    original = getattr(model, "_orig_mod", None)
+    return original if isinstance(original, nn.Module) else model

@@ -9,9 +9,11 @@ parameters). "fp16" needs a gradient scaler and therefore CUDA; "bf16" works on 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
-from torch import Tensor
+
+from mwnet.inputs import map_tensors
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,6 +38,7 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
-def full_precision(output: Tensor) -> Tensor:
-    """Logits in float32 before a loss: autocast leaves a half-precision Linear output in half precision."""
-    return output.float() if output.dtype in (torch.float16, torch.bfloat16) else output
+def full_precision(output: Any) -> Any:
+    """Logits in float32 before a loss: autocast leaves a half-precision Linear output in half precision (every
+    tensor of a dict or tuple output too)."""
+    return map_tensors(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, output)

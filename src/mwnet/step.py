@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ from torch.func import functional_call
 from mwnet.distributed import Shards, Traffic, check_supported, current_shards, global_sum, sum_gradients, unwrap
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state
-from mwnet.inputs import as_inputs, check_batch
+from mwnet.inputs import as_inputs, check_batch, check_class_targets, describe, detached, first_line
 from mwnet.losses import LossFn, per_sample_cross_entropy
 from mwnet.module_state import captured_layer, trainable_parameters, training_mode
 from mwnet.precision import autocast, check_device, check_precision, full_precision
@@ -46,14 +47,39 @@ class StepResult:
         losses: (n,) detached per-sample training losses.
         logits: the model's detached output on x.
         meta_updated: whether Θ was updated (False on skipped iterations of `meta_interval`).
+        logits may be any output of the model (a tensor, a dict, a `ModelOutput`), detached.
+        skipped: the gradient scaler found an overflow: nothing changed but the scaler's scale.
     """
 
     loss: float
     meta_loss: float
     weights: Tensor
     losses: Tensor
-    logits: Tensor
+    logits: Any
     meta_updated: bool
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a step runs, beyond its batches and its weighting rule.
+
+    Attributes:
+        loss_fn: model output, targets → per-sample losses (n,).
+        precision: autocast dtype of every forward of the classifier: "fp32", "bf16", "fp16" (mwnet.precision).
+        max_grad_norm: clip the real update's gradient to this global norm (after unscaling) [None: no clipping].
+        scaler: a `torch.amp.GradScaler`; the virtual and meta gradients and the real update are scaled by it,
+            and an overflow skips the step (StepResult.skipped) [None].
+        group: the torch.distributed process group whose ranks hold shards of one global batch [default group].
+        traffic: counts this rank's collectives and bytes.
+    """
+
+    loss_fn: LossFn = per_sample_cross_entropy
+    precision: str = "fp32"
+    max_grad_norm: float | None = None
+    scaler: Any = None
+    group: dist.ProcessGroup | None = None
+    traffic: Traffic | None = None
 
 
 @dataclass
@@ -75,12 +101,13 @@ class FirstForward:
     global_size: int = 0  # n summed over ranks (= n in one process)
     meta_fraction: float = 1.0  # this rank's m / M
     precision: str = "fp32"
+    loss_scale: float = 1.0  # the gradient scaler's scale (1 without one)
 
     def problem(self, meta_loss_fn: LossFn) -> VirtualStep:
         assert self.meta_targets is not None, "the step was given no meta batch"
         return VirtualStep(self.model, self.params, self.lrs, self.buffers, self.inputs, self.targets, self.losses,
                            self.meta_inputs, self.meta_targets, self.loss_fn, meta_loss_fn, self.shards,
-                           self.meta_fraction, self.precision)
+                           self.meta_fraction, self.precision, self.loss_scale)
 
     def normalizer(self, weights: Tensor, normalize: str) -> Tensor:
         """Z over every rank's samples, detached: Σ v ("sum", 1 when Σ v = 0) or the global n ("mean")."""
@@ -109,21 +136,20 @@ WeightRule = Callable[[FirstForward], Weighting]
 
 def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor | Sequence[Tensor], y: Tensor,
                     rule: WeightRule, *, meta: tuple[Tensor | Sequence[Tensor], Tensor] | None = None,
-                    loss_fn: LossFn = per_sample_cross_entropy, replay_rng: bool = True,
+                    options: StepOptions = StepOptions(), replay_rng: bool = True,
                     last_layer: nn.Linear | None = None, check: Callable[[], None] | None = None,
-                    group: dist.ProcessGroup | None = None, traffic: Traffic | None = None,
-                    precision: str = "fp32") -> StepResult:
+                    zero_grad: bool = True, apply: bool = True) -> StepResult:
     """First forward on x, `rule` chooses the weights, then the weighted real update; all or nothing.
 
     Any error (bad input, a non-finite loss or weight) leaves the model, its buffers and the optimizer as they
     were. `meta` is the meta batch the rule may use; `check` runs the caller's own input checks with the step's.
     `replay_rng` keeps the RNG state of the first forward for re-forwards over x (dropout masks); `last_layer`
-    captures that layer's input and output for the "last-layer" mode. Under torch.distributed (world size > 1 in
-    `group`), the ranks' batches are shards of one global batch (mwnet.distributed) and a failure on any rank
-    raises on every rank; `traffic` counts the collectives. `precision` is the autocast dtype of every forward
-    of the classifier (mwnet.precision).
+    captures that layer's input and output for the "last-layer" mode. Gradient accumulation: `zero_grad` clears
+    the gradients before this step's backward, `apply` steps the optimizer after it. Under torch.distributed
+    (world size > 1), the ranks' batches are shards of one global batch (mwnet.distributed) and a failure on any
+    rank raises on every rank.
     """
-    shards = current_shards(group, traffic)
+    shards = current_shards(options.group, options.traffic)
     module = unwrap(model)
     error: Exception | None = None
     try:
@@ -131,8 +157,7 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
             check()
         if shards is not None:
             check_supported(module)
-        first, logits, scratch = _first_forward(module, optimizer, x, y, meta, loss_fn, replay_rng, last_layer,
-                                                precision)
+        first, output, scratch = _first_forward(module, optimizer, x, y, meta, options, replay_rng, last_layer)
     except Exception as exc:
         if shards is None:
             raise
@@ -141,38 +166,75 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
         sizes = shards.agree(error, [y.shape[0] if y.dim() else 0, 0 if meta is None else meta[1].shape[0]])
         first.shards, first.global_size = shards, sizes[0]
         first.meta_fraction = (first.meta_targets.shape[0] / sizes[1]) if first.meta_targets is not None else 1.0
+    losses = first.losses
     with training_mode(module):
-        weighting = rule(first)
-        losses = first.losses
-        with record_function("mwnet.real_update"):
-            try:
-                real_loss = (weighting.normalized.to(losses.dtype) * losses).sum()
-                if shards is None and not torch.isfinite(real_loss):
-                    raise NonFiniteLossError("weighted training loss", str(float(real_loss.detach())))
-                optimizer.zero_grad()
-                real_loss.backward()
-                if shards is not None:  # the global gradient Σ over ranks, and the global loss, in one all-reduce
-                    real_loss = sum_gradients(first.params, real_loss, shards)
-            except BaseException:
-                weighting.rollback()
+        try:
+            weighting = rule(first)
+        except NonFiniteLossError:
+            if options.scaler is None:
                 raise
-            optimizer.step()
-            with torch.no_grad():  # commit the running statistics of the one train-mode forward on x
-                for name, buffer in module.named_buffers():
-                    buffer.copy_(scratch[name])
-            if shards is not None:
-                shards.broadcast_buffers(module)
+            # An overflow of the scaled virtual or meta gradients: nothing changed; lower the scale, skip.
+            options.scaler.scale(losses.detach().sum())  # a scaler that never scaled holds no scale tensor yet
+            options.scaler.update(new_scale=first.loss_scale * options.scaler.get_backoff_factor())
+            return StepResult(math.nan, math.nan, torch.full_like(losses, math.nan).detach(), losses.detach(),
+                              detached(output), False, skipped=True)
+    with record_function("mwnet.real_update"):
+        try:
+            real_loss = (weighting.normalized.to(losses.dtype) * losses).sum()
+            if shards is not None and not apply:
+                real_loss_total = global_sum(real_loss.detach(), shards)
+                if not torch.isfinite(real_loss_total):
+                    raise NonFiniteLossError("weighted training loss", str(float(real_loss_total)))
+            elif shards is None and not torch.isfinite(real_loss):
+                raise NonFiniteLossError("weighted training loss", str(float(real_loss.detach())))
+            if zero_grad:
+                optimizer.zero_grad()
+            (real_loss if options.scaler is None else options.scaler.scale(real_loss)).backward()
+            if shards is not None and apply:  # the global gradient Σ over ranks, and the global loss, in one all-reduce
+                real_loss = sum_gradients(first.params, real_loss, shards)
+            elif shards is not None:
+                real_loss = real_loss_total
+        except BaseException:
+            weighting.rollback()
+            raise
+        if apply and not _optimizer_step(optimizer, first.params, options):
+            weighting.rollback()
+            optimizer.zero_grad()
+            return StepResult(math.nan, math.nan, weighting.reported.detach(), losses.detach(), detached(output),
+                              False, skipped=True)
+        with torch.no_grad():  # commit the running statistics of the one train-mode forward on x
+            for name, buffer in module.named_buffers():
+                buffer.copy_(scratch[name])
+        if shards is not None:
+            shards.broadcast_buffers(module)
     return StepResult(loss=float(real_loss.detach()), meta_loss=float(weighting.meta_loss),
-                      weights=weighting.reported.detach(), losses=losses.detach(), logits=logits.detach(),
+                      weights=weighting.reported.detach(), losses=losses.detach(), logits=detached(output),
                       meta_updated=weighting.meta_updated)
 
 
+def _optimizer_step(optimizer: torch.optim.Optimizer, params: dict[str, Tensor], options: StepOptions) -> bool:
+    """Unscale, clip, step; False when the gradient scaler found an overflow and skipped the step."""
+    scaler = options.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if options.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(list(params.values()), options.max_grad_norm)
+    if scaler is None:
+        optimizer.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale  # GradScaler lowers its scale exactly when it skipped the step
+
+
 def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor | Sequence[Tensor], y: Tensor,
-                   meta: tuple[Tensor | Sequence[Tensor], Tensor] | None, loss_fn: LossFn, replay_rng: bool,
-                   last_layer: nn.Linear | None, precision: str) -> tuple[FirstForward, Tensor, dict[str, Tensor]]:
+                   meta: tuple[Tensor | Sequence[Tensor], Tensor] | None, options: StepOptions, replay_rng: bool,
+                   last_layer: nn.Linear | None) -> tuple[FirstForward, Any, dict[str, Tensor]]:
     """Checks, then the train-mode forward on x whose graph serves the virtual and the real update."""
     inputs = as_inputs(x)
     check_batch(inputs, y, "training")
+    precision, loss_fn = options.precision, options.loss_fn
     check_precision(precision)
     check_device(precision, y.device)
     meta_inputs: tuple[Tensor, ...] = ()
@@ -186,13 +248,19 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
     with training_mode(model), record_function("mwnet.forward"):
         # Scratch buffers, so nothing of the model changes until the step succeeds.
         scratch = {k: b.clone() for k, b in snapshot.items()}
-        with captured_layer(last_layer) as captured, autocast(precision, y.device):
-            output = functional_call(model, scratch, inputs, strict=False)
-        logits = full_precision(output)
-        losses = loss_fn(logits, y)
-        if losses.shape != y.shape[:1]:
+        try:
+            with captured_layer(last_layer) as captured, autocast(precision, y.device):
+                output = functional_call(model, scratch, inputs, strict=False)
+            logits = full_precision(output)
+            if loss_fn is per_sample_cross_entropy:
+                check_class_targets(logits, y)
+            losses = loss_fn(logits, y)
+        except (RuntimeError, IndexError, TypeError) as exc:  # wrong dtypes, devices, shapes, output types
+            raise ValueError(f"the model or loss_fn failed on the training batch ({describe(inputs, y)}): "
+                             f"{first_line(exc)}") from exc
+        if not isinstance(losses, Tensor) or losses.shape != y.shape[:1]:
             raise ValueError(f"loss_fn must return per-sample losses of shape ({y.shape[0]},), "
-                             f"got {tuple(losses.shape)}")
+                             f"got {tuple(getattr(losses, 'shape', ())) or type(losses).__name__}")
         if not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).sum())
             raise NonFiniteLossError("training loss", f"{bad} of {losses.shape[0]} samples")
@@ -204,6 +272,7 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
             raise ValueError("last-layer mode: the model's output must be the final linear layer's output")
         extras = ModeInputs(rng_state=rng_state, last_layer=last_layer, features=full_precision(captured[0][0]),
                             logits=logits)
+    scale = float(options.scaler.get_scale()) if options.scaler is not None and options.scaler.is_enabled() else 1.0
     first = FirstForward(model, params, lrs, snapshot, inputs, y, losses, loss_fn, extras, meta_inputs,
-                         meta_targets, global_size=y.shape[0], precision=precision)
-    return first, logits, scratch
+                         meta_targets, global_size=y.shape[0], precision=precision, loss_scale=scale)
+    return first, output, scratch

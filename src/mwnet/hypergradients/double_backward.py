@@ -16,6 +16,7 @@ from mwnet.hypergradients.problem import (
     VirtualStep,
     check_finite_scalar,
     meta_gradient,
+    scaled_grad,
 )
 
 
@@ -24,8 +25,8 @@ def double_backward_sensitivity(problem: VirtualStep, weights: Tensor, extras: M
     names = list(problem.params)
     leaf = weights.requires_grad_(True)
     with record_function("mwnet.virtual_step"):
-        grads = torch.autograd.grad((leaf * problem.losses).sum(), [problem.params[k] for k in names],
-                                    create_graph=True, retain_graph=True)
+        grads = scaled_grad(problem, (leaf * problem.losses).sum(), [problem.params[k] for k in names],
+                            create_graph=True, retain_graph=True)
         if problem.shards is not None:  # the global gradient, differentiable in this rank's ṽ only
             grads = [g + (total - g.detach()) for g, total in zip(grads, problem.shards.sum(grads))]
         virtual = {k: problem.params[k] - problem.lrs[k] * g for k, g in zip(names, grads)}
@@ -33,7 +34,7 @@ def double_backward_sensitivity(problem: VirtualStep, weights: Tensor, extras: M
         if problem.shards is None:
             meta_loss = problem.meta_loss_fn(problem.forward(virtual, problem.meta_inputs), problem.meta_targets)
             check_finite_scalar(meta_loss, "meta loss")
-            (sensitivity,) = torch.autograd.grad(meta_loss, leaf)
+            (sensitivity,) = scaled_grad(problem, meta_loss, [leaf])
             return sensitivity, meta_loss.detach()
         # Several ranks: ∇L_meta(ŵ) over the global meta batch first, then the second-order backward of that
         # vector from ŵ into this rank's ṽ (ŵ depends on ṽ through this rank's part of the global gradient).

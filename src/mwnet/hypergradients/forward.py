@@ -21,6 +21,10 @@ from mwnet.hypergradients.problem import ModeInputs, VirtualStep, meta_direction
 def forward_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeInputs) -> tuple[Tensor, Tensor]:
     direction, meta_loss = meta_direction(problem, weights)
     with record_function("mwnet.sensitivity"):
+        scale = problem.loss_scale  # the tangent is linear in u: carry S·u through half precision, divide after
+        if scale != 1.0:
+            direction = {k: d * scale for k, d in direction.items()}
+            return -directional_derivative(problem, direction, extras.rng_state) / scale, meta_loss
         return -directional_derivative(problem, direction, extras.rng_state), meta_loss
 
 

@@ -39,6 +39,8 @@ class VirtualStep:
             virtual gradient and the meta gradient are summed over ranks; None in one process.
         meta_fraction: this rank's share m_r / M of the global meta batch (1 in one process).
         precision: "fp32", "bf16" or "fp16": the autocast dtype of every forward (mwnet.precision).
+        loss_scale: S of a gradient scaler: every backward here differentiates S·loss and divides by S, so that
+            half-precision gradients neither underflow nor go unnoticed when they overflow (1 without one).
     """
 
     model: nn.Module
@@ -55,6 +57,7 @@ class VirtualStep:
     shards: Shards | None = None
     meta_fraction: float = 1.0
     precision: str = "fp32"
+    loss_scale: float = 1.0
 
     def forward(self, params: dict[str, Tensor], inputs: tuple[Tensor, ...]) -> Tensor:
         """The model's float32 (or float64) output at `params` on throwaway buffers, under the step's autocast."""
@@ -108,8 +111,8 @@ def meta_direction(problem: VirtualStep, weights: Tensor) -> tuple[dict[str, Ten
     """u = α ⊙ ∇L_meta(ŵ) and L_meta(ŵ), from two ordinary backwards (no create_graph)."""
     names = list(problem.params)
     with record_function("mwnet.virtual_step"):
-        grads = torch.autograd.grad((weights * problem.losses).sum(), [problem.params[k] for k in names],
-                                    retain_graph=True)
+        grads = scaled_grad(problem, (weights * problem.losses).sum(), [problem.params[k] for k in names],
+                            retain_graph=True)
         grads = summed(problem, grads)
         virtual = {k: (problem.params[k].detach() - problem.lrs[k] * g).requires_grad_(True)
                    for k, g in zip(names, grads)}
@@ -132,12 +135,20 @@ def meta_gradient(problem: VirtualStep, virtual: dict[str, Tensor], wrt: list[Te
     meta_loss = problem.meta_loss_fn(output, problem.meta_targets)
     if problem.shards is None:
         check_finite_scalar(meta_loss, "meta loss")
-        return list(torch.autograd.grad(meta_loss, wrt, retain_graph=retain_graph)), meta_loss.detach()
+        return scaled_grad(problem, meta_loss, wrt, retain_graph=retain_graph), meta_loss.detach()
     share = meta_loss * problem.meta_fraction
-    *grads, total = problem.shards.sum([*torch.autograd.grad(share, wrt, retain_graph=retain_graph),
+    *grads, total = problem.shards.sum([*scaled_grad(problem, share, wrt, retain_graph=retain_graph),
                                         share.detach()])
     check_finite_scalar(total, "meta loss")
     return grads, total
+
+
+def scaled_grad(problem: VirtualStep, loss: Tensor, wrt: Sequence[Tensor], **kwargs: bool) -> list[Tensor]:
+    """∂loss/∂wrt, computed as ∂(S·loss)/∂wrt / S with the step's loss scale S (plain autograd when S = 1)."""
+    scale = problem.loss_scale
+    if scale == 1.0:
+        return list(torch.autograd.grad(loss, wrt, **kwargs))
+    return [g / scale for g in torch.autograd.grad(loss * scale, wrt, **kwargs)]
 
 
 def summed(problem: VirtualStep, tensors: Sequence[Tensor]) -> list[Tensor]:
