@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mwnet import MetaReweighter, MetaWeightNet, NonFiniteLossError
-from mwnet.step import STEP_PHASES
 from mwnet.hypergradients import EXACT_HYPERGRADIENTS, HYPERGRADIENTS
 from mwnet.losses import normalize_weights
 from mwnet.reference import official_step
+from mwnet.step import STEP_PHASES
 
 DTYPE = torch.float64
 

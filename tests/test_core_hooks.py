@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_states_close, make_cnn, make_mlp
 from torch import nn
 
+from conftest import assert_states_close, make_cnn, make_mlp
 from mwnet import MetaReweighter, MetaWeightNet
 from mwnet.core import ForwardModeFallbackWarning
 

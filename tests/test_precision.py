@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from conftest import make_cnn
 
+from conftest import make_cnn
 from mwnet import MetaReweighter, MetaWeightNet
 from mwnet.hypergradients import HYPERGRADIENTS
 
