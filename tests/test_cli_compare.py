@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-import mwnet.experiment.compare as compare
+import mwnet.experiment.execution as execution
 from cli_runner import run
+from mwnet.experiment.config import config_to_dict
+from mwnet.experiment.grid import Cell, make_grid
 
 # Two cells of about a second each: scikit-learn's digits, a small MLP, one epoch.
 TINY = ["--settings", "demo-digits", "--methods", "ce,mwnet", "--epochs", "1", "--device", "cpu",
@@ -46,14 +48,14 @@ def test_compare_in_two_workers_then_continue_dry_run_and_report(tmp_path, capsy
 
 def test_dry_run_lists_status_in_run_order_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "grid"
-    grid = compare.make_grid(["demo-digits", "demo"], ["ce", "mwnet"], seeds_for={"ce": 2})
-    (compare.Cell("demo", "ce", 0).run_dir(out)).mkdir(parents=True)
-    (compare.Cell("demo", "ce", 0).run_dir(out) / "summary.json").write_text("{}")
-    partial = compare.Cell("demo-digits", "mwnet", 0).run_dir(out)
+    grid = make_grid(["demo-digits", "demo"], ["ce", "mwnet"], seeds_for={"ce": 2})
+    (Cell("demo", "ce", 0).run_dir(out)).mkdir(parents=True)
+    (Cell("demo", "ce", 0).run_dir(out) / "summary.json").write_text("{}")
+    partial = Cell("demo-digits", "mwnet", 0).run_dir(out)
     partial.mkdir(parents=True)
     (partial / "checkpoint.pt").write_bytes(b"")
-    (partial / "config.json").write_text(json.dumps(compare.config_to_dict(grid.config(
-        compare.Cell("demo-digits", "mwnet", 0)))))
+    (partial / "config.json").write_text(json.dumps(config_to_dict(grid.config(
+        Cell("demo-digits", "mwnet", 0)))))
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     code, stdout, _ = run(["compare", "--settings", "demo-digits,demo", "--methods", "ce,mwnet", "--seeds-for",
                            "ce=2", "--out", str(out), "--dry-run"], capsys)
@@ -98,12 +100,12 @@ def test_bad_flags_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, flags
 def test_a_grid_directory_keeps_its_overrides(tmp_path, capsys, monkeypatch):
     def fake_train(config, out, **kwargs):
         out.mkdir(parents=True)
-        (out / "config.json").write_text(json.dumps(compare.config_to_dict(config)))
+        (out / "config.json").write_text(json.dumps(config_to_dict(config)))
         summary = {"best_test_acc": 90.0, "last_test_acc": 85.0, "train_seconds": 1.0}
         (out / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    monkeypatch.setattr(compare, "train", fake_train)
+    monkeypatch.setattr(execution, "train", fake_train)
     out = tmp_path / "grid"
     code, _, stderr = run(["compare", "--settings", "demo-digits", "--methods", "ce", "--epochs", "2",
                            "--out", str(out)], capsys)

@@ -79,8 +79,11 @@ def test_human_summary(capsys):
 def test_arrays_dataset(tmp_path, capsys):
     g = np.random.default_rng(0)
     np.savez(tmp_path / "t.npz", x=g.normal(size=(300, 5)), y=np.arange(300) % 3)
+    # Its labels are nobody's verified labels: a meta set is carved from them only when asked to.
+    assert main(["data", "--dataset", f"arrays:{tmp_path / 't.npz'}", "--meta-per-class", "5"]) == 2
+    assert "has no trusted meta set" in capsys.readouterr().err
     s = run_json(capsys, "--dataset", f"arrays:{tmp_path / 't.npz'}", "--meta-per-class", "5", "--train-subset",
-                 "150")
+                 "150", "--meta-from-unverified")
     assert s["input_shape"] == [5] and s["train_size"] + s["meta_size"] == 150 and s["test_size"] == 60
 
 
@@ -100,6 +103,7 @@ def _corrupt_idx_dir(tmp_path: Path) -> Path:
     (["--dataset", "digits", "--meta-per-class", "200"], r"meta set asks for 200 samples of class 0, which has"),
     (["--dataset", "digits", "--train-subset", "0"], r"train_subset must be in \[1, 1437\]"),
     (["--dataset", "digits", "--image-size", "16"], r"--image-size applies to folder:PATH data sets only"),
+    (["--dataset", "digits", "--labels-csv", "l.csv"], r"--labels-csv applies to folder:PATH data sets only"),
     (["--dataset", "arrays:/nonexistent/x.npz"], r"arrays file not found: /nonexistent/x\.npz"),
     (["--dataset", "cifar10", "--no-download"], r"cifar10 not found in .* \(download disabled\)"),
     (["--dataset", "cifar100"], r"cannot download cifar-100-python\.tar\.gz: \[Errno 101\] Network is unreachable"),

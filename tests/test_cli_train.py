@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-import mwnet.cli.train as train_cli
+import mwnet.cli.demo as demo_cli
 from cli_runner import run
 
 TINY = ["--dataset", "digits", "--noise", "uniform:0.4", "--model", "mlp", "--model-option", "hidden=[32]",
@@ -92,7 +92,7 @@ def test_list_presets_and_info(capsys):
 
 
 def test_demo_falls_back_to_digits_prints_a_table_and_reuses_finished_runs(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train_cli, "_fashion_mnist_available", lambda data_dir: False)
+    monkeypatch.setattr(demo_cli, "_fashion_mnist_available", lambda data_dir: False)
     out = tmp_path / "demo"
     code, stdout, stderr = run(["demo", "--out", str(out), "--epochs", "2", "--device", "cpu", "--quiet"], capsys)
     assert code == 0, stderr

@@ -96,3 +96,82 @@ def test_cifar_missing_and_corrupt_archive(tmp_path):
     archive.write_bytes(archive.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"corrupt tar\.gz archive .*cifar-100-python\.tar\.gz$"):
         load_dataset("cifar100", data_dir=tmp_path / "b", download=False)
+
+
+class _Hex:
+    """Pickles as _codecs.encode(inner, "hex"): nested, each level doubles the bytes at a cost of a few."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __reduce__(self):
+        import codecs
+
+        return (codecs.encode, (self.inner, "hex"))
+
+
+class _Alloc:
+    """Pickles as numpy.ndarray((n,)): an allocation of n bytes that the file does not hold."""
+
+    def __reduce__(self):
+        import numpy as np
+
+        return (np.ndarray, ((1 << 40,),))
+
+
+class _BigArray:
+    """Pickles as numpy's _reconstruct(ndarray, (n,), b"b"): the array header, with a shape it does not fill."""
+
+    def __reduce__(self):
+        import numpy as np
+
+        return (np._core.multiarray._reconstruct, (np.ndarray, (1 << 40,), b"b"))
+
+
+def _nested_labels(depth):
+    labels = [0, 1]
+    for _ in range(depth):
+        labels = [labels, labels]  # shared references: 2^depth labels for a few bytes each level
+    return labels
+
+
+def _hex_bomb(depth):
+    value = b"ab"
+    for _ in range(depth):
+        value = _Hex(value)
+    return value
+
+
+@pytest.mark.parametrize("damage, message", [
+    # Issue 15.12: a pickle of a few KB that expands to gigabytes once read is refused, as one line.
+    (lambda d: {**d, b"labels": _nested_labels(20)},
+     r"^CIFAR labels must be a flat list of integers, got a list holding list: .*data_batch_2$"),
+    (lambda d: {**d, b"batch_label": _hex_bomb(20)},
+     r"^corrupt pickle \(UnpicklingError: _codecs\.encode with codec 'hex' is not allowed\): .*data_batch_2$"),
+    (lambda d: {**d, b"batch_label": _Alloc()},
+     r"^corrupt pickle \(UnpicklingError: numpy\.ndarray called directly \(an allocation the file does not hold\)\)"),
+    (lambda d: {**d, b"batch_label": _BigArray()},
+     r"^corrupt pickle \(UnpicklingError: numpy _reconstruct with shape \(1099511627776,\) is not an array header"),
+    (lambda d: {**d, b"labels": {"a": 1}}, r"^CIFAR labels must be a flat list of integers, got dict: "),
+])
+def test_cifar_pickles_cannot_expand_beyond_the_file(tmp_path, damage, message):
+    dicts, _ = write_cifar(tmp_path, "cifar10", archive=False)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(pickle.dumps(damage(dicts["data_batch_2"]), protocol=2))
+    assert path.stat().st_size < 100_000  # a few KB more than the pristine batch
+    with pytest.raises(ValueError, match=message):
+        load_dataset("cifar10", data_dir=tmp_path, download=False)
+
+
+def test_cifar_members_and_names_are_bounded(tmp_path, monkeypatch):
+    write_cifar(tmp_path / "a", "cifar10", archive=True)
+    monkeypatch.setattr(cifar, "MAX_MEMBER_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"^\d+ bytes, more than any CIFAR file \(1000 at most\): .*tar\.gz:"
+                                         r"cifar-10-batches-py/data_batch_1$"):
+        load_dataset("cifar10", data_dir=tmp_path / "a", download=False)
+    monkeypatch.undo()
+    write_cifar(tmp_path / "b", "cifar10", archive=False)
+    meta = tmp_path / "b" / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(pickle.dumps({b"label_names": [_nested_labels(3)] * 10}, protocol=2))
+    with pytest.raises(ValueError, match=r"^CIFAR class names must be a list of strings, got list: .*batches\.meta$"):
+        load_dataset("cifar10", data_dir=tmp_path / "b", download=False)

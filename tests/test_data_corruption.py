@@ -13,7 +13,7 @@ N = 500_000  # 50k per class: a 0.01 deviation is > 4 standard errors for every 
 
 
 def reference_matrix(kind: str, r: float, k: int, targets: np.ndarray | None = None) -> np.ndarray:
-    """The paper's matrices built entry by entry (../shared/PAPER.md)."""
+    """The paper's matrices built entry by entry (docs/algorithm.md, "Corruption protocols")."""
     c = np.zeros((k, k))
     for i in range(k):
         for j in range(k):

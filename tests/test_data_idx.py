@@ -104,3 +104,20 @@ def test_real_fashion_mnist_matches_the_official_checksums(monkeypatch):
     for name in idx.IDX_FILES:
         payload = gzip.decompress((FASHION_DIR / f"{name}.gz").read_bytes())
         assert md5(payload) == download.CHECKSUMS["fashion-mnist"][name]
+
+
+def test_idx_gzip_cannot_decompress_beyond_the_largest_idx_file(tmp_path, monkeypatch):
+    """A few KB of gzip can hold gigabytes: decompression stops at the size of the largest official file."""
+    arrays = make_idx_set()
+    table = write_idx_set(tmp_path / "fashion-mnist", arrays)
+    monkeypatch.setitem(download.CHECKSUMS, "fashion-mnist", table)
+    monkeypatch.setattr(idx, "MAX_FILE_BYTES", 30_000)
+    (tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(100_000)))
+    with pytest.raises(ValueError, match=r"^gzip data decompresses to more than any IDX file \(30000 bytes\): "
+                                         r".*train-images-idx3-ubyte\.gz$"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+    monkeypatch.setattr(idx, "MAX_FILE_BYTES", 10_000)
+    (tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz").write_bytes(bytes(20_000))
+    with pytest.raises(ValueError, match=r"^20000 bytes, more than any IDX file \(10000 at most\): "
+                                         r".*train-images-idx3-ubyte\.gz$"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, download=False)

@@ -32,6 +32,22 @@ def test_digits():
     assert torch.equal(load_dataset("digits").x_test, ds.x_test)  # the split is fixed
 
 
+def test_builtin_labels_are_clean_and_samples_map_back_to_the_source():
+    """Issue 10: a built-in data set's meta set comes from its clean labels, and says so; every training sample
+    maps back to its row in scikit-learn's digits (issue 10.3)."""
+    from sklearn.datasets import load_digits
+
+    from mwnet.data import make_split
+
+    split = make_split(load_dataset("digits"), noise="uniform:0.5", num_meta=50, seed=0)
+    assert split.meta_source == "carved from the clean training set"
+    ref = load_digits()
+    scaled = np.rint(ref.images * 255 / 16).astype(np.uint8)[:, None]
+    assert np.array_equal(scaled[split.source_ids], split.x_train.numpy())
+    assert np.array_equal(ref.target[split.source_ids], split.y_true.numpy())
+    assert np.array_equal(ref.target[split.meta_source_ids], split.y_meta.numpy())
+
+
 def test_unknown_name():
     with pytest.raises(ValueError, match=r"^unknown data set 'imagenet' \(choose from fashion-mnist, mnist"):
         load_dataset("imagenet")

@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from mwnet.data import Dataset, long_tail_counts, make_split, meta_counts, summarize_split
+from mwnet.data import Dataset, UnverifiedMetaSetError, long_tail_counts, make_split, meta_counts, summarize_split
 
 
-def synthetic(per_class: int = 500, k: int = 10, shuffle: bool = True) -> Dataset:
-    """A CIFAR-like balanced data set whose images encode their own index (to check who went where)."""
+def synthetic(per_class: int = 500, k: int = 10, shuffle: bool = True, verified: bool = True) -> Dataset:
+    """A CIFAR-like balanced data set whose images encode their own index (to check who went where); its labels
+    are clean as given (`verified`), as a built-in data set's are."""
     n = per_class * k
     y = torch.arange(n) % k
     if shuffle:
         y = y[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
     x = torch.arange(n, dtype=torch.int32).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
-    return Dataset("synthetic", [f"c{i}" for i in range(k)], x, y, x[:50].clone(), y[:50].clone(), (0.5,), (0.25,))
+    return Dataset("synthetic", [f"c{i}" for i in range(k)], x, y, x[:50].clone(), y[:50].clone(), (0.5,), (0.25,),
+                   labels_verified=verified)
 
 
 def formula(n_max: float, imbalance: float, k: int) -> list[int]:
@@ -47,7 +49,7 @@ def test_long_tail_caps_at_what_a_class_holds():
     ds = synthetic()
     keep = torch.ones(5000, dtype=torch.bool)
     keep[torch.nonzero(ds.y_train == 0).flatten()[300:]] = False  # class 0 holds only 300
-    ds = Dataset("short", ds.classes, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test)
+    ds = Dataset("short", ds.classes, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test, labels_verified=True)
     split = make_split(ds, imbalance=10, seed=0)
     counts = torch.bincount(split.y_true, minlength=10).tolist()
     n_max = len(ds.y_train) / 10  # 470
@@ -116,19 +118,66 @@ def test_noise_and_long_tail_together_follow_the_nominal_matrix():
 def test_summary_of_an_empty_class_row_is_null():
     ds = synthetic(per_class=20, k=3)
     keep = ds.y_train != 1
-    ds = Dataset("gap", ds.classes, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test)
+    ds = Dataset("gap", ds.classes, ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test, labels_verified=True)
     s = summarize_split(make_split(ds, noise="uniform:0.5", seed=0))
     assert s["class_counts"][1] == 0 and s["transition_matrix"][1] is None
     assert all(abs(sum(row) - 1) < 1e-12 for row in s["transition_matrix"] if row is not None)
 
 
-def test_shipped_meta_set_is_used_or_carved():
+def test_shipped_meta_set_is_used_whole_unless_subsampling_is_asked():
+    """Issue 10.2: 500 shipped meta samples trained with 100 because of a default meta_per_class."""
     ds = synthetic(per_class=50, k=4)
-    ds.x_meta, ds.y_meta = ds.x_test[:40], torch.arange(40) % 4
-    whole = make_split(ds, seed=0)
-    assert len(whole.y_meta) == 40 and whole.meta_index is None and len(whole.y_train) == 200
-    carved = make_split(ds, meta_per_class=3, seed=0)
+    ds.x_meta, ds.y_meta, ds.meta_source = ds.x_test[:40], torch.arange(40) % 4, "x_meta in d.npz"
+    for kwargs in ({}, {"meta_per_class": 3}, {"num_meta": 8}):
+        whole = make_split(ds, seed=0, **kwargs)
+        assert len(whole.y_meta) == 40 and whole.meta_index is None and len(whole.y_train) == 200
+        assert whole.meta_source == "x_meta in d.npz (all 40)" and whole.meta_source_ids.tolist() == list(range(40))
+    carved = make_split(ds, meta_per_class=3, subsample_shipped_meta=True, seed=0)
     assert torch.bincount(carved.y_meta).tolist() == [3] * 4 and len(carved.y_train) == 200
+    assert carved.meta_source == "x_meta in d.npz (12 of 40, subsampled)"
+    assert torch.equal(ds.y_meta[torch.from_numpy(carved.meta_source_ids)], carved.y_meta)
+    with pytest.raises(ValueError, match=r"subsample_shipped_meta needs num_meta or meta_per_class"):
+        make_split(ds, subsample_shipped_meta=True)
+
+
+def test_meta_set_is_never_carved_silently_from_unverified_labels():
+    """Issue 10.1: a user's own labels are not a clean meta set unless the caller says so."""
+    ds = synthetic(per_class=30, k=3, verified=False)
+    with pytest.raises(UnverifiedMetaSetError, match=r"^synthetic has no trusted meta set: .*meta_from_unverified"):
+        make_split(ds, meta_per_class=5)
+    assert make_split(ds, seed=0).meta_source == "none"  # no meta set asked for: nothing to refuse
+    accepted = make_split(ds, meta_per_class=5, meta_from_unverified=True)
+    assert accepted.meta_source == "carved from unverified labels (accepted)" and len(accepted.y_meta) == 15
+    clean = make_split(synthetic(per_class=30, k=3), meta_per_class=5)
+    assert clean.meta_source == "carved from the clean training set"
+    assert summarize_split(clean)["meta_source"] == "carved from the clean training set"
+
+
+def test_meta_set_is_carved_from_trusted_rows_only():
+    ds = synthetic(per_class=30, k=3, verified=False)
+    ds.trusted = torch.arange(90) % 3 == 0  # every third row verified: 10 per class (the labels cycle less evenly)
+    ds.trusted_source = "the trusted column of labels.csv"
+    per_class = int(torch.bincount(ds.y_train[ds.trusted], minlength=3).min())
+    split = make_split(ds, meta_per_class=per_class, seed=4)
+    assert bool(ds.trusted[split.meta_index].all())
+    assert split.meta_source == "carved from the trusted column of labels.csv"
+    with pytest.raises(ValueError, match=rf"asks for {per_class + 1} samples of class \d \(c\d\), which has only "
+                                         rf"\d+ trusted$"):
+        make_split(ds, meta_per_class=per_class + 1)
+
+
+def test_source_ids_follow_every_training_sample():
+    """Issue 10.3: each training (and meta) sample maps back to its origin, after subset, meta set and long tail."""
+    ds = synthetic(per_class=40, k=4)
+    split = make_split(ds, num_meta=8, imbalance=4, train_subset=150, seed=2)
+    assert torch.equal(torch.from_numpy(split.source_ids), split.train_index)  # default: the training-set index
+    ds.train_ids = np.array([f"img/{i}.png" for i in range(160)], dtype=object)
+    split = make_split(ds, num_meta=8, imbalance=4, train_subset=150, seed=2)
+    assert split.source_ids.tolist() == [f"img/{int(v)}.png" for v in split.x_train[:, 0, 0, 0]]
+    assert split.meta_source_ids.tolist() == [f"img/{int(v)}.png" for v in split.x_meta[:, 0, 0, 0]]
+    ds.train_ids = ds.train_ids[:10]
+    with pytest.raises(ValueError, match=r"synthetic: 10 train_ids for 160 training samples"):
+        make_split(ds)
 
 
 def test_source_noise_never_reaches_the_meta_set():

@@ -1,5 +1,5 @@
-"""Presets against the official scripts' values (copied here independently from PAPER.md's table), the shared
-Fashion-MNIST protocol, and type-checked overrides."""
+"""Presets against the official scripts' values (copied here independently from the table in docs/algorithm.md),
+the shared Fashion-MNIST protocol, and type-checked overrides."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import pytest
 
 from mwnet.experiment.config import (
-    PRESETS,
     TrainConfig,
     apply_overrides,
     config_from_dict,
@@ -18,6 +17,7 @@ from mwnet.experiment.config import (
     method_arguments,
     resolve_config,
 )
+from mwnet.experiment.presets import PRESETS
 
 CLASSIFIER = {"method": "mwnet", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
               "batch_size": 100, "meta_batch_size": 100, "augment": True, "normalize": "sum", "lr_gamma": 0.1}

@@ -15,7 +15,7 @@ import pytest
 
 from mwnet.experiment.config import resolve_config
 from mwnet.experiment.metrics import auroc, per_class_accuracy, weight_statistics
-from mwnet.experiment.runner import FAULT_ENV, train
+from mwnet.experiment.runner import train
 
 # A run of a few seconds: digits (1,337 train after a 100-image meta set), a small MLP, noisy labels.
 TINY = {"dataset": "digits", "noise": "uniform:0.4", "meta_per_class": 10, "model": "mlp",
@@ -135,13 +135,31 @@ def test_lr_schedule_counted_in_iterations_with_a_truncated_last_epoch(tmp_path)
     assert summary["epochs"] == 3 and json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
 
 
+# `mwnet train ARGS` in a process of its own that signals itself at one point of training: `train`'s `on_event`
+# callback, injected by wrapping `runner.train` (which the command line calls through the module).
+FAULT_SCRIPT = """
+import os, signal, sys
+from mwnet.cli import main
+from mwnet.experiment import runner
+
+name, point, count = sys.argv[1].split(":")
+
+def fault(where, n):
+    if (where, n) == (point, int(count)):
+        os.kill(os.getpid(), getattr(signal, name))
+
+train = runner.train
+runner.train = lambda *args, **kwargs: train(*args, on_event=fault, **kwargs)
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
 def _cli(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
+    """`mwnet train ARGS`; `fault` "SIGNAL:iteration:N" or "SIGNAL:epoch-end:E" sends SIGNAL to the process after
+    global iteration N, or after epoch E's metrics line is written and before its checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    env.pop(FAULT_ENV, None)
-    if fault:
-        env[FAULT_ENV] = fault
-    return subprocess.run([sys.executable, "-m", "mwnet", "train", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    command = ["-c", FAULT_SCRIPT, fault] if fault else ["-m", "mwnet", "train"]
+    return subprocess.run([sys.executable, *command, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 RESUME_FLAGS = ["--dataset", "digits", "--noise", "uniform:0.4", "--model", "mlp", "--model-option", "hidden=[32]",
@@ -157,19 +175,19 @@ def test_resume_after_sigkill_and_ctrl_c_reproduces_metrics_byte_for_byte(tmp_pa
 
     # SIGKILL after epoch 1's metrics line, before its checkpoint: the line is written again on resume.
     killed = tmp_path / "killed"
-    assert _cli([*RESUME_FLAGS, "--out", str(killed)], fault="kill@epoch-end:1").returncode == -9
+    assert _cli([*RESUME_FLAGS, "--out", str(killed)], fault="SIGKILL:epoch-end:1").returncode == -9
     assert (killed / "metrics.jsonl").read_bytes().count(b"\n") == 1
     assert _cli(["--out", str(killed), "--resume", "--quiet"]).returncode == 0
     assert (killed / "metrics.jsonl").read_bytes() == expected
 
     # Ctrl-C in the middle of epoch 2 (a mid-epoch checkpoint), then SIGKILL in the middle of epoch 3.
     interrupted = tmp_path / "interrupted"
-    first = _cli([*RESUME_FLAGS, "--out", str(interrupted)], fault="int@iteration:19")
+    first = _cli([*RESUME_FLAGS, "--out", str(interrupted)], fault="SIGINT:iteration:19")
     assert first.returncode == 130
     assert first.stderr.strip().splitlines()[-1] == (
         f"mwnet: interrupted in epoch 2 at iteration 19; checkpoint saved. Resume with: mwnet train --out "
         f"{interrupted} --resume")
-    assert _cli(["--out", str(interrupted), "--resume", "--quiet"], fault="kill@iteration:33").returncode == -9
+    assert _cli(["--out", str(interrupted), "--resume", "--quiet"], fault="SIGKILL:iteration:33").returncode == -9
     assert (interrupted / "metrics.jsonl").read_bytes().count(b"\n") == 2
     assert _cli(["--out", str(interrupted), "--resume", "--quiet"]).returncode == 0
     assert (interrupted / "metrics.jsonl").read_bytes() == expected

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import make_mlp
 from mwnet import MetaReweighter, MetaWeightNet, StepResult
 from mwnet.methods import (
     Method,
@@ -29,12 +30,11 @@ N, M, D, K = 12, 8, 5, 3
 
 
 def context() -> MethodContext:
-    return MethodContext(num_classes=K, class_counts=(5, 4, 3), train_size=N, meta_size=M)
+    return MethodContext(num_classes=K, class_counts=(5, 4, 3))
 
 
 def model_and_optimizer(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(D, 7), nn.Tanh(), nn.Linear(7, K))
+    model = make_mlp(D, 7, K, seed=seed, dtype=torch.float32)
     return model, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
 
 

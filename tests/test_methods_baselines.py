@@ -15,6 +15,7 @@ import mwnet.methods.class_balanced
 import mwnet.methods.fine_tune
 import mwnet.methods.focal
 import mwnet.methods.l2rw  # noqa: F401  (importing a module registers its method)
+from conftest import assert_states_close, make_cnn, make_mlp
 from mwnet.methods import Method, MethodContext, create_method
 from mwnet.methods.class_balanced import class_balanced_weights
 from mwnet.methods.fine_tune import default_fine_tune_epochs
@@ -22,27 +23,6 @@ from mwnet.methods.fine_tune import default_fine_tune_epochs
 DTYPE = torch.float64
 N, M, K = 12, 8, 3
 BASELINES = ("focal", "class-balanced", "fine-tune", "l2rw")
-
-
-class SmallCNN(nn.Module):
-    """Conv-BN-ReLU twice, optional dropout, linear head: batch norm and dropout where the steps must handle them."""
-
-    def __init__(self, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-            nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(dropout),
-        )
-        self.classifier = nn.Linear(24, K)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-def make_model(seed: int = 0, dropout: float = 0.0) -> nn.Module:
-    torch.manual_seed(seed)
-    return SmallCNN(dropout).to(DTYPE)
 
 
 def make_optimizer(model: nn.Module, *, two_groups: bool = False, lr: float = 0.1) -> torch.optim.Optimizer:
@@ -58,8 +38,7 @@ def data(seed: int = 0, n: int = N, m: int = M) -> tuple[torch.Tensor, ...]:
 
 
 def context(epochs: int = 4, counts: tuple[int, ...] = (6, 4, 2)) -> MethodContext:
-    return MethodContext(num_classes=len(counts), class_counts=counts, train_size=sum(counts), meta_size=M,
-                         epochs=epochs, iterations_per_epoch=3, total_iterations=3 * epochs)
+    return MethodContext(num_classes=len(counts), class_counts=counts, epochs=epochs)
 
 
 def run_step(method: Method, batch: tuple[torch.Tensor, ...]):
@@ -67,20 +46,12 @@ def run_step(method: Method, batch: tuple[torch.Tensor, ...]):
     return method.step(x, y, *((xm, ym) if method.wants_meta() else (None, None)))
 
 
-def assert_same_state(a: nn.Module, b: nn.Module, atol: float = 0.0) -> None:
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        if p.is_floating_point():
-            torch.testing.assert_close(p, q, rtol=0, atol=atol, msg=name)
-        else:
-            assert torch.equal(p, q), name
-
-
 # -- focal ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
 def test_focal_step_is_sgd_on_the_hand_written_focal_loss(gamma):
-    model, reference = make_model(), make_model()
+    model, reference = make_cnn(), make_cnn()
     method = create_method("focal", model, make_optimizer(model), context(), gamma=gamma)
     ref_opt = make_optimizer(reference)
     for seed in (1, 2):
@@ -98,20 +69,20 @@ def test_focal_step_is_sgd_on_the_hand_written_focal_loss(gamma):
         assert abs(result.loss - float(hand.mean().detach())) < 1e-12
         torch.testing.assert_close(result.weights, ((1 - p_t) ** gamma).detach(), rtol=0, atol=1e-12)
         torch.testing.assert_close(result.losses, -torch.log(p_t).detach(), rtol=0, atol=1e-12)
-        assert_same_state(model, reference, atol=1e-12)
+        assert_states_close(model, reference, 1e-12)
     curve = method.weight_curve(torch.tensor([0.0, 0.5, 3.0], dtype=DTYPE))
     torch.testing.assert_close(curve, (1 - torch.exp(-torch.tensor([0.0, 0.5, 3.0], dtype=DTYPE))) ** gamma)
 
 
 def test_focal_with_gamma_zero_is_cross_entropy():
-    model, reference = make_model(), make_model()
+    model, reference = make_cnn(), make_cnn()
     focal = create_method("focal", model, make_optimizer(model), context(), gamma=0.0)
     ce = create_method("ce", reference, make_optimizer(reference), context())
     for seed in (1, 2):
         a, b = run_step(focal, data(seed)), run_step(ce, data(seed))
         assert a.loss == b.loss
         assert torch.equal(a.weights, b.weights)
-    assert_same_state(model, reference)
+    assert_states_close(model, reference)
 
 
 def test_focal_gradient_stays_finite_for_certain_samples():
@@ -152,7 +123,7 @@ def test_class_balanced_gives_empty_classes_zero_and_near_one_beta_inverse_frequ
 
 def test_class_balanced_step_is_weighted_cross_entropy():
     counts = (6, 4, 2)
-    model, reference = make_model(), make_model()
+    model, reference = make_cnn(), make_cnn()
     method = create_method("class-balanced", model, make_optimizer(model), context(counts=counts), beta=0.9)
     ref_opt = make_optimizer(reference)
     raw = [(1 - 0.9) / (1 - 0.9**n) for n in counts]
@@ -166,7 +137,7 @@ def test_class_balanced_step_is_weighted_cross_entropy():
     torch.testing.assert_close(result.weights, table[y], rtol=0, atol=1e-15)
     torch.testing.assert_close(method.sample_weights(result.losses, y), table[y], rtol=0, atol=1e-15)
     assert method.weight_curve(result.losses) is None
-    assert_same_state(model, reference, atol=1e-14)
+    assert_states_close(model, reference, 1e-14)
 
 
 # -- fine-tune --------------------------------------------------------------------------------------------------
@@ -178,7 +149,7 @@ def test_fine_tune_default_length():
 
 def test_fine_tune_trains_on_training_batches_then_on_meta_batches():
     factor, lr = 0.1, 0.1
-    model, reference = make_model(), make_model()
+    model, reference = make_cnn(), make_cnn()
     optimizer = make_optimizer(model, lr=lr)
     method = create_method("fine-tune", model, optimizer, context(epochs=5), fine_tune_epochs=2,
                            fine_tune_lr_factor=factor)
@@ -207,7 +178,7 @@ def test_fine_tune_trains_on_training_batches_then_on_meta_batches():
         assert torch.equal(result.weights, torch.full((N,), 0.0 if tuning else 1.0, dtype=DTYPE))
         assert torch.equal(method.sample_weights(result.losses, y), result.weights)
         # Parameters and batch-norm running statistics (from x, then from the meta batches only) match.
-        assert_same_state(model, reference, atol=1e-12)
+        assert_states_close(model, reference, 1e-12)
     with pytest.raises(ValueError, match="meta batch"):
         method.step(*data(9)[:2])
 
@@ -235,7 +206,7 @@ def naive_l2rw_weights(model: nn.Module, optimizer: torch.optim.Optimizer, x, y,
 
 @pytest.mark.parametrize(("mode", "dropout"), [("forward", 0.0), ("double-backward", 0.0), ("forward", 0.3)])
 def test_l2rw_equals_a_naive_implementation(mode, dropout):
-    model, reference = make_model(dropout=dropout), make_model(dropout=dropout)
+    model, reference = make_cnn(dropout=dropout), make_cnn(dropout=dropout)
     optimizer = make_optimizer(model, two_groups=True)
     method = create_method("l2rw", model, optimizer, context(), hypergradient=mode)
     ref_opt = make_optimizer(reference, two_groups=True)
@@ -252,7 +223,7 @@ def test_l2rw_equals_a_naive_implementation(mode, dropout):
         torch.manual_seed(100 + seed)
         result = method.step(x, y, xm, ym)
         torch.testing.assert_close(result.weights / N, expected, rtol=0, atol=1e-10)
-        assert_same_state(model, reference, atol=1e-10)
+        assert_states_close(model, reference, 1e-10)
         clipped += int((expected == 0).sum())
         kept += int((expected > 0).sum())
         assert result.meta_updated and math.isfinite(result.meta_loss)
@@ -261,11 +232,7 @@ def test_l2rw_equals_a_naive_implementation(mode, dropout):
 
 def test_l2rw_finite_difference_mode_is_close():
     # A smooth model: central differences across ReLU kinks would measure the kinks, not the method.
-    def mlp():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(36, 16), nn.Tanh(), nn.Linear(16, K)).to(DTYPE)
-
-    model, reference = mlp(), mlp()
+    model, reference = make_mlp(36, 16, K), make_mlp(36, 16, K)
     method = create_method("l2rw", model, make_optimizer(model), context(), hypergradient="finite-difference")
     x, y, xm, ym = data(1)
     x, xm = x.flatten(1), xm.flatten(1)
@@ -292,7 +259,7 @@ def test_l2rw_weights_stay_zero_when_every_sample_opposes_the_meta_gradient():
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_state_dict_round_trip_continues_identically(name):
-    model = make_model()
+    model = make_cnn()
     optimizer = make_optimizer(model)
     method = create_method(name, model, optimizer, context(epochs=4))
     for epoch in range(4):  # fine-tune: 3 CE epochs, then 1 fine-tuning epoch (the default 10 %, at least 1)
@@ -300,7 +267,7 @@ def test_state_dict_round_trip_continues_identically(name):
         result = run_step(method, data(epoch))
         assert result.weights.shape == result.losses.shape == (N,) and result.logits.shape == (N, K)
     # A resumed method, with model and optimizer restored by the caller and no start_epoch call, goes on the same.
-    twin_model = make_model(seed=7)
+    twin_model = make_cnn(7)
     twin_optimizer = make_optimizer(twin_model)
     twin = create_method(name, twin_model, twin_optimizer, context(epochs=4))
     twin_model.load_state_dict(model.state_dict())
@@ -309,7 +276,7 @@ def test_state_dict_round_trip_continues_identically(name):
     assert twin.wants_meta() == method.wants_meta() == (name in ("fine-tune", "l2rw"))
     a, b = run_step(method, data(5)), run_step(twin, data(5))
     assert torch.equal(a.weights, b.weights) and a.loss == b.loss
-    assert_same_state(model, twin_model)
+    assert_states_close(model, twin_model)
 
 
 @pytest.mark.parametrize(("name", "options", "match"), [
@@ -326,15 +293,15 @@ def test_state_dict_round_trip_continues_identically(name):
     ("l2rw", {"normalize": "sum"}, "normalize"),
 ])
 def test_bad_options_are_one_line_errors_naming_the_option(name, options, match):
-    model = make_model()
+    model = make_cnn()
     with pytest.raises(ValueError, match=match) as info:
         create_method(name, model, make_optimizer(model), context(epochs=4), **options)
     assert "\n" not in str(info.value)
 
 
 def test_class_balanced_rejects_counts_that_do_not_fit():
-    model = make_model()
-    bad = MethodContext(num_classes=4, class_counts=(1, 2, 3), train_size=6)
+    model = make_cnn()
+    bad = MethodContext(num_classes=4, class_counts=(1, 2, 3))
     with pytest.raises(ValueError, match="class_counts"):
         create_method("class-balanced", model, make_optimizer(model), bad)
     with pytest.raises(ValueError, match="class counts"):

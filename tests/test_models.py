@@ -179,6 +179,17 @@ def test_option_a_shortcut_subsamples_and_zero_pads_channels():
     assert out[:, :8].abs().sum() == 0 and out[:, 24:].abs().sum() == 0
 
 
+def test_resnet32_classifier_starts_as_the_official_model():
+    # Official ResNet-32: He-normal (fan-in) weights, bias left at nn.Linear's default U(−1/√fan_in, 1/√fan_in).
+    torch.manual_seed(0)
+    layer = models.create("resnet32", num_classes=100).classifier
+    bound = 1 / layer.in_features**0.5
+    bias = layer.bias.detach()
+    assert bias.abs().max() <= bound and (bias != 0).all()
+    assert bias.abs().max() > 0.8 * bound  # spread over the interval, not clustered near zero
+    assert abs(layer.weight.std().item() / (2 / layer.in_features) ** 0.5 - 1) < 0.1
+
+
 def test_wrn_dropout_is_active_only_in_training():
     model = build("wrn28_10")  # dropout 0.3
     x, _ = batch()

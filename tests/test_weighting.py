@@ -29,8 +29,31 @@ def test_accepts_n_and_n1_and_returns_weights_in_0_1():
     assert flat.shape == (50,)
     torch.testing.assert_close(flat, column)
     assert ((flat > 0) & (flat < 1)).all()
+
+
+def test_default_initialisation_has_the_official_distribution():
+    # Both official repositories build VNet from nn.Linear and never re-initialise it: U(−1/√fan_in, 1/√fan_in).
+    torch.manual_seed(0)
+    first, second = (m for m in MetaWeightNet().modules() if isinstance(m, nn.Linear))
+    for layer, bound in ((first, 1.0), (second, 0.1)):
+        for p in (layer.weight.detach(), layer.bias.detach()):
+            assert p.abs().max() <= bound
+            assert (p != 0).any()
+    # Spread over the whole interval, as 100 uniform draws are (Xavier-normal, std 0.14, stays well inside ±0.9).
+    assert first.weight.abs().max() > 0.9 and first.bias.abs().max() > 0.9
+    assert second.weight.abs().max() > 0.09
+
+
+def test_xavier_initialisation_starts_with_zero_biases():
+    torch.manual_seed(0)
+    net = MetaWeightNet(init="xavier")
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
+    # Xavier-normal first layer: std √(2 / (1 + 100)) ≈ 0.14.
+    assert abs(linears[0].weight.std().item() / (2 / 101) ** 0.5 - 1) < 0.3
     # Zero biases and a ReLU of a one-dimensional input: V(0) = sigmoid(0) exactly.
     assert net(torch.zeros(1)).item() == pytest.approx(0.5, abs=1e-7)
+    assert "init='xavier'" in repr(net)
 
 
 def test_output_matches_a_hand_written_forward():
@@ -48,6 +71,11 @@ def test_output_matches_a_hand_written_forward():
 def test_bad_hidden_is_named(hidden):
     with pytest.raises(ValueError, match="hidden must be"):
         MetaWeightNet(hidden=hidden)
+
+
+def test_bad_init_is_named():
+    with pytest.raises(ValueError, match="init must be one of default, xavier, got 'kaiming'"):
+        MetaWeightNet(init="kaiming")
 
 
 def test_bad_input_shape_is_named():

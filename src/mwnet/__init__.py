@@ -3,11 +3,13 @@
 from mwnet.core import MetaReweighter
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import weight_sensitivity
+from mwnet.label_issues import LabelIssues, label_issues_from_run, rank_from_scores, rank_label_issues
 from mwnet.losses import normalize_weights
-from mwnet.step import StepResult, reweighted_step
+from mwnet.step import StepOptions, StepResult, reweighted_step
 from mwnet.weighting import MetaWeightNet
 
 __version__ = "0.1.0"
 
-__all__ = ["MetaReweighter", "MetaWeightNet", "NonFiniteLossError", "StepResult", "__version__", "normalize_weights",
+__all__ = ["LabelIssues", "MetaReweighter", "MetaWeightNet", "NonFiniteLossError", "StepOptions", "StepResult",
+           "__version__", "label_issues_from_run", "normalize_weights", "rank_from_scores", "rank_label_issues",
            "reweighted_step", "weight_sensitivity"]

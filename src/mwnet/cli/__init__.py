@@ -1,20 +1,23 @@
 """The `mwnet` command line: a thin client of the library.
 
 Each sub-command lives in its own module with a `register(subparsers)` function that adds its parser and sets
-`func`; `main` turns every expected failure (bad flag value, missing or corrupt file) into one line on stderr and
-exit code 2, never a traceback.
+`func` (most through `add_command`, which takes the command's help from the module's docstring); `main` turns every
+expected failure (bad flag value, missing or corrupt file) into one line on stderr and exit code 2, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from mwnet import __version__
 
 # Modules that contribute sub-commands, in the order `mwnet --help` lists them.
-_COMMAND_MODULES = ("train", "data", "compare", "bench", "plot", "info")
+_COMMAND_MODULES = ("train", "demo", "data", "compare", "bench", "plot", "info")
 
 
 class CLIError(Exception):
@@ -28,6 +31,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"mwnet: error: {message}\n")
 
 
+def add_command(subparsers: Any, doc: str | None, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """The parser of a sub-command described by its module's docstring, handled by `run`.
+
+    The docstring's first line, "`mwnet NAME ...`: HELP.", gives the name and the one-line help `mwnet --help`
+    shows; the paragraph after it is the description `mwnet NAME --help` shows.
+    """
+    first, _, rest = (doc or "").strip().partition("\n")
+    match = re.fullmatch(r"`mwnet (\w+)[^`]*`: (.+?)\.?", first)
+    if match is None:
+        raise TypeError(f"a command module's docstring must start with \"`mwnet NAME`: HELP.\", got {first!r}")
+    name, help_text = match.groups()
+    parser = subparsers.add_parser(name, help=help_text.replace("%", "%%"),
+                                   description=" ".join(rest.strip().split("\n\n")[0].split()))
+    parser.set_defaults(func=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -39,23 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"mwnet.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"mwnet.cli.{name}":
-                continue  # a sub-command not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"mwnet.cli.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mwnet.experiment.files import first_line
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
             message = f"{message}: {exc.filename}"
         print(f"mwnet: error: {message}", file=sys.stderr)

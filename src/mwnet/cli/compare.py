@@ -1,4 +1,9 @@
-"""`mwnet compare`: methods × settings × seeds into one directory, resumable, then a Markdown and a JSON table.
+"""`mwnet compare`: run methods × settings × seeds into one directory and tabulate mean ± std.
+
+Run a grid of methods × settings (preset names) × seeds, one run directory per cell
+(OUT/<setting>/<method>/seed<k>/), all settings × methods at seed 0 first. Finished cells are skipped and
+interrupted ones resumed, so the same command continues a grid. Writes OUT/results.md and OUT/results.json (mean ±
+sample std of best and last test accuracy; the best mean of each setting in bold) after every finished cell.
 
     mwnet compare --settings fmnist-uniform-40,fmnist-uniform-60 --methods ce,mwnet,focal --seeds 1 \\
         --seeds-for ce=3,mwnet=3 --out runs/cmp --jobs 2
@@ -8,35 +13,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from mwnet.cli import CLIError
+from mwnet.cli import CLIError, add_command
+from mwnet.cli.flags import add_field_flag, field_doc, flag, key_values, names, print_line
 
-# Flags that override one config field of every cell: flag → (type, help).
-_OVERRIDE_FLAGS: dict[str, tuple[Any, str]] = {
-    "epochs": (int, "training epochs of every cell (e.g. a quick run; clears a preset's iteration count)"),
-    "iterations": (int, "stop every cell after this many iterations instead"),
-    "train_subset": (int, "train every cell on a seeded subset of this many images"),
-}
-# Flags that say only where to run: they may change when a grid is continued.
-_RUN_FLAGS: dict[str, tuple[Any, str]] = {
-    "device": (str, "auto, cpu, cuda or cuda:N [auto]"),
-    "data_dir": (str, "where data sets are looked for and downloaded"),
-}
+# Fields that have a flag of their own for every cell (any other field: --set KEY=VALUE), and the fields among
+# them that say only where to run: they may change when a grid is continued.
+_OVERRIDE_FLAGS = ("epochs", "iterations", "train_subset")
+_RUN_FLAGS = ("device", "data_dir")
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "compare", help="run methods × settings × seeds into one directory and tabulate mean ± std",
-        description="Run a grid of methods × settings (preset names) × seeds, one run directory per cell "
-                    "(OUT/<setting>/<method>/seed<k>/), all settings × methods at seed 0 first. Finished cells are "
-                    "skipped and interrupted ones resumed, so the same command continues a grid. Writes "
-                    "OUT/results.md and OUT/results.json (mean ± sample std of best and last test accuracy; the "
-                    "best mean of each setting in bold) after every finished cell.")
+    parser = add_command(subparsers, __doc__, run)
     parser.add_argument("--settings", metavar="S1,S2", help="comma-separated presets (see `mwnet train "
                         "--list-presets`) [the grid recorded in --out]")
     parser.add_argument("--methods", metavar="M1,M2", help="comma-separated methods [every registered method]")
@@ -46,8 +38,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="the grid's directory")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process [1]")
     parser.add_argument("--threads", type=int, help="torch threads per cell [cores // --jobs]")
-    for name, (kind, text) in {**_OVERRIDE_FLAGS, **_RUN_FLAGS}.items():
-        parser.add_argument(_flag(name), dest=name, type=kind, metavar=name.split("_")[-1].upper(), help=text)
+    for name in (*_OVERRIDE_FLAGS, *_RUN_FLAGS):
+        add_field_flag(parser, name, help=f"{field_doc(name)}, for every cell")
     parser.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
                         help="set any other config field of every cell, e.g. lr=0.05 or model_options='{\"hidden\": "
                              "[32]}' (repeatable; VALUE is JSON or text)")
@@ -55,18 +47,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--report-only", action="store_true", help="only write results.md and results.json from "
                         "the finished cells")
     parser.add_argument("--quiet", action="store_true", help="one line per cell, no per-epoch lines")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mwnet.experiment.compare import GridInterrupted, check_cells, run_grid, write_results
+    from mwnet.experiment.aggregate import write_results
+    from mwnet.experiment.execution import GridInterrupted, run_grid
+    from mwnet.experiment.grid import check_cells
+    from mwnet.methods.options import POSITIVE_INT
 
     if args.dry_run and args.report_only:
         raise CLIError("give --dry-run or --report-only, not both")
     for name in ("jobs", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CLIError(f"--{name} must be a positive integer, got {value}")
+        if getattr(args, name) is not None:
+            POSITIVE_INT.require(getattr(args, name), f"--{name}")
     out = Path(args.out)
     grid = _grid(args, out)
     command = "mwnet compare " + shlex.join(_argv(args))
@@ -84,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         results = run_grid(grid, out, jobs=args.jobs, threads=args.threads, command=command,
-                           epoch_lines=not args.quiet, log=_print)
+                           epoch_lines=not args.quiet, log=print_line)
     except GridInterrupted as exc:
         print(f"mwnet: {exc}. Run the same command (or `mwnet compare --out {out}`) to continue.", file=sys.stderr)
         return 130
@@ -95,11 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _grid(args: argparse.Namespace, out: Path) -> Any:
     """The grid from the flags, or the one recorded in OUT/compare.json when no --settings is given."""
-    from mwnet.experiment.compare import GRID_FILE, grid_from_record, make_grid
+    from mwnet.experiment.grid import GRID_FILE, grid_from_record, make_grid
 
     run_fields = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
     overrides = {name: getattr(args, name) for name in _OVERRIDE_FLAGS if getattr(args, name) is not None}
-    overrides.update(_key_values(args.set_values))
+    overrides.update(key_values(args.set_values, "--set"))
     if args.settings is None:
         given = [f for f, v in (("--methods", args.methods), ("--seeds", args.seeds), ("--seeds-for", args.seeds_for))
                  if v is not None] + (["--set / override flags"] if overrides else [])
@@ -108,16 +101,17 @@ def _grid(args: argparse.Namespace, out: Path) -> Any:
         if not (out / GRID_FILE).is_file():
             raise CLIError(f"give --settings (no grid recorded in {out / GRID_FILE})")
         return grid_from_record(out, run_fields)
-    return make_grid(_names(args.settings), None if args.methods is None else _names(args.methods),
+    return make_grid(names(args.settings), None if args.methods is None else names(args.methods),
                      seeds=1 if args.seeds is None else args.seeds, seeds_for=_seed_counts(args.seeds_for),
                      overrides={**overrides, **run_fields})
 
 
 def _print_cells(grid: Any, out: Path) -> None:
-    from mwnet.experiment.compare import cell_status, overrides_text
+    from mwnet.experiment.grid import overrides_text
+    from mwnet.experiment.rundir import run_status
 
     cells = grid.cells()
-    statuses = [cell_status(cell.run_dir(out)) for cell in cells]
+    statuses = [run_status(cell.run_dir(out)) for cell in cells]
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in ("done", "partial", "todo"))
     print(f"{len(cells)} cells in {out} ({counts}); every cell: {overrides_text(grid.overrides)}; run order:")
     width = max(len(cell.name) for cell in cells)
@@ -125,13 +119,9 @@ def _print_cells(grid: Any, out: Path) -> None:
         print(f"{i:4d}  {cell.name:<{width}}  {status}")
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def _seed_counts(text: str | None) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for item in _names(text or ""):
+    for item in names(text or ""):
         method, sep, count = item.partition("=")
         try:
             counts[method.strip()] = int(count)
@@ -142,19 +132,6 @@ def _seed_counts(text: str | None) -> dict[str, int]:
     return counts
 
 
-def _key_values(items: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise CLIError(f"--set must look like KEY=VALUE, got {item!r}")
-        try:
-            values[key.strip().replace("-", "_")] = json.loads(text)
-        except json.JSONDecodeError:
-            values[key.strip().replace("-", "_")] = text
-    return values
-
-
 def _argv(args: argparse.Namespace) -> list[str]:
     """The flags of `args` that define the grid and how it ran, written back as a command line (for the record)."""
     words = []
@@ -162,15 +139,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
                  "threads"):
         value = getattr(args, name)
         if value is not None and not (name == "jobs" and value == 1):
-            words += [_flag(name), str(value)]
+            words += [flag(name), str(value)]
     for item in args.set_values:
         words += ["--set", item]
     return words
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")

@@ -1,4 +1,7 @@
-"""`mwnet data`: load a data set, apply the meta/long-tail/noise protocol and print what came out.
+"""`mwnet data`: load a data set, split and corrupt it, print a summary.
+
+Load a data set, carve the clean meta set, apply long-tail subsampling and label noise (the paper's protocols,
+seeded) and print sizes, class counts and the empirical noise matrix.
 
     mwnet data --dataset fashion-mnist --noise flip2:0.4 --num-meta 1000 --seed 1 --json
 """
@@ -9,12 +12,12 @@ import argparse
 import json
 from typing import Any
 
+from mwnet.cli import add_command
+from mwnet.cli.flags import add_field_flag, flag
+
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "data", help="load a data set, split and corrupt it, print a summary",
-        description="Load a data set, carve the clean meta set, apply long-tail subsampling and label noise (the "
-                    "paper's protocols, seeded) and print sizes, class counts and the empirical noise matrix.")
+    parser = add_command(subparsers, __doc__, run)
     parser.add_argument("--dataset", required=True,
                         help="fashion-mnist, mnist, cifar10, cifar100, digits, folder:PATH or arrays:PATH")
     parser.add_argument("--noise", default=None, help="label noise KIND:RATE, KIND in uniform, flip, flip2 "
@@ -24,6 +27,7 @@ def register(subparsers: Any) -> None:
     meta = parser.add_mutually_exclusive_group()
     meta.add_argument("--num-meta", type=int, default=None, help="clean meta set size, spread evenly over classes")
     meta.add_argument("--meta-per-class", type=int, default=None, help="clean meta samples per class")
+    add_field_flag(parser, "meta_from_unverified")
     parser.add_argument("--train-subset", type=int, default=None,
                         help="use a seeded random subset of this many training samples [all]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the long tail and the noise [0]")
@@ -32,19 +36,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-download", action="store_true", help="never download; fail if the files are absent")
     parser.add_argument("--image-size", type=int, default=None,
                         help="folder:PATH only: resize images to this many pixels square [the first image's size]")
+    parser.add_argument("--labels-csv", metavar="FILE", help="folder:PATH only: training labels as path,label"
+                        "[,trusted] rows [PATH/noisy_labels.csv when present]")
+    parser.add_argument("--trusted-csv", metavar="FILE", help="folder:PATH only: the training images whose label "
+                        "was verified, one path a row")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mwnet.data import load_dataset, make_split, summarize_split
 
-    if args.image_size is not None and not args.dataset.strip().lower().startswith("folder:"):
-        raise ValueError(f"--image-size applies to folder:PATH data sets only, not {args.dataset!r}")
+    for name in ("image_size", "labels_csv", "trusted_csv"):
+        if getattr(args, name) is not None and not args.dataset.strip().lower().startswith("folder:"):
+            raise ValueError(f"{flag(name)} applies to folder:PATH data sets only, not {args.dataset!r}")
     ds = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download,
-                      image_size=args.image_size)
+                      image_size=args.image_size, labels_csv=args.labels_csv, trusted_csv=args.trusted_csv)
     split = make_split(ds, noise=args.noise, imbalance=args.imbalance, num_meta=args.num_meta,
-                       meta_per_class=args.meta_per_class, train_subset=args.train_subset, seed=args.seed)
+                       meta_per_class=args.meta_per_class, train_subset=args.train_subset, seed=args.seed,
+                       meta_from_unverified=bool(args.meta_from_unverified))
     summary = summarize_split(split)
     summary["source"] = ds.source
     if args.json:

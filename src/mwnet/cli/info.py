@@ -1,4 +1,8 @@
-"""`mwnet info`: versions, threads and devices, the registered models and methods, and which data sets are where."""
+"""`mwnet info`: versions, device, models, methods and the data sets found on this machine.
+
+Print the versions of mwnet and its dependencies, torch's threads and devices, the registered models, methods and
+presets, and for each built-in data set where its files were found (nothing is downloaded).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,22 @@ import importlib
 import platform
 from typing import Any
 
+from mwnet.cli import add_command
+
 _PACKAGES = ("torch", "numpy", "matplotlib", "tqdm", "sklearn", "PIL", "tensorboard")
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "info", help="versions, device, models, methods and the data sets found on this machine",
-        description="Print the versions of mwnet and its dependencies, torch's threads and devices, the registered "
-                    "models, methods and presets, and for each built-in data set where its files were found "
-                    "(nothing is downloaded).")
+    parser = add_command(subparsers, __doc__, run)
     parser.add_argument("--data-dir", help="also search this directory for data sets")
     parser.add_argument("--no-data", action="store_true", help="skip the data set search (it reads the files)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mwnet import __version__, models
-    from mwnet.experiment.config import PRESETS
+    from mwnet.experiment.presets import PRESETS
     from mwnet.methods import list_methods
 
     print(f"mwnet {__version__} (Python {platform.python_version()}, {platform.platform()})")
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mwnet.data import load_dataset
     from mwnet.data.sources import BUILTIN, search_dirs
+    from mwnet.experiment.files import first_line
 
     print("data sets:")
     for name in BUILTIN:
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: not found (searched {searched}; downloaded on first use)")
             continue
         except (ValueError, ImportError) as exc:
-            print(f"  {name}: unusable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+            print(f"  {name}: unusable ({first_line(exc)})")
             continue
         print(f"  {name}: {ds.source} ({len(ds.y_train)} train, {len(ds.y_test)} test, {ds.num_classes} classes)")
     return 0

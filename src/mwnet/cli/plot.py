@@ -1,4 +1,9 @@
-"""`mwnet plot RUN_DIR ...`: redraw a run's figures from its metrics.jsonl (no checkpoint needed)."""
+"""`mwnet plot RUN_DIR ...`: redraw the figures of one or more run directories from their metrics.
+
+Redraw RUN_DIR/figures/*.png (weighting function, weights of clean vs corrupted samples or per class, accuracy per
+epoch) from RUN_DIR/metrics.jsonl (no checkpoint needed). With --compare, also draw the test accuracy of all the
+given runs in one figure.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mwnet.cli import add_command
+
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "plot", help="redraw the figures of one or more run directories from their metrics",
-        description="Redraw RUN_DIR/figures/*.png (weighting function, weights of clean vs corrupted samples or per "
-                    "class, accuracy per epoch) from RUN_DIR/metrics.jsonl. With --compare, also draw the test "
-                    "accuracy of all the given runs in one figure.")
+    parser = add_command(subparsers, __doc__, run)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory written by `mwnet train`")
     parser.add_argument("--compare", metavar="PNG", help="also write the test accuracy of all runs to this file")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,10 +14,18 @@ from mwnet.data.corruption import (
     parse_noise,
 )
 from mwnet.data.dataset import Dataset
-from mwnet.data.folder import LazyImages
+from mwnet.data.images import LazyImages
 from mwnet.data.loaders import BatchLoader, MetaSampler, crop_flip, draw_augmentation
 from mwnet.data.sources import list_datasets, load_dataset
-from mwnet.data.splits import Split, carve_meta_set, long_tail_counts, make_split, meta_counts, summarize_split
+from mwnet.data.splits import (
+    Split,
+    UnverifiedMetaSetError,
+    carve_meta_set,
+    long_tail_counts,
+    make_split,
+    meta_counts,
+    summarize_split,
+)
 
 __all__ = [
     "NOISE_KINDS",
@@ -27,6 +35,7 @@ __all__ = [
     "MetaSampler",
     "NoiseSpec",
     "Split",
+    "UnverifiedMetaSetError",
     "carve_meta_set",
     "corrupt_labels",
     "crop_flip",

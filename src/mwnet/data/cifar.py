@@ -1,12 +1,14 @@
 """CIFAR-10 and CIFAR-100 (fine labels) from the official python pickles, as the extracted folder or the .tar.gz.
 
-The pickles are read by a restricted unpickler (numpy arrays and plain containers only: a file cannot run code),
-validated (keys, shapes, label ranges), then checked against the official md5 of each pickle.
+The pickles are read by a restricted unpickler (numpy arrays and plain containers only: a file cannot run code,
+and nothing it calls can allocate more than the file holds), validated (keys, shapes, label ranges, flat label and
+name lists), then checked against the official md5 of each pickle.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -22,7 +24,7 @@ import torch
 from mwnet.data.dataset import Dataset, check_labels, one_line
 from mwnet.data.download import CHECKSUMS, MIRRORS, check_digest, download_dir, fetch, md5_bytes, not_found, search_dirs
 
-# The paper's CIFAR normalisation (../shared/PAPER.md), in units of images scaled to [0, 1].
+# The paper's CIFAR normalisation (docs/algorithm.md, "Official hyper-parameters"), in units of images scaled to [0, 1].
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
@@ -48,9 +50,38 @@ CIFAR_LAYOUTS = {
 }
 
 
+# The largest official pickle is CIFAR-100's `train` (about 155 MB): anything far larger is not a CIFAR file.
+MAX_MEMBER_BYTES = 512 << 20
+
+
+class _NdarrayType:
+    """Stands for numpy.ndarray in a pickle: `_reconstruct` accepts it, and it cannot be called to allocate."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _NdarrayType:
+        raise pickle.UnpicklingError("numpy.ndarray called directly (an allocation the file does not hold)")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') and then fills it from the bytes that follow
+    # (__setstate__ checks their length), so a larger shape here could only allocate memory the file does not hold.
+    if subtype is not _NdarrayType or not isinstance(shape, tuple) or \
+            not all(isinstance(s, int) and s >= 0 for s in shape) or math.prod(shape) > 1:
+        raise pickle.UnpicklingError(f"numpy _reconstruct with shape {shape!r} is not an array header")
+    return np.ndarray.__new__(np.ndarray, shape, np.dtype(dtype))
+
+
+def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    # Protocol-2 pickles write bytes as _codecs.encode(str, "latin1"); other codecs (hex, base64) grow their input
+    # and, nested, could turn a few KB into gigabytes.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with codec {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
 # The only globals an official CIFAR pickle needs (numpy arrays, and bytes as protocol-2 pickles write them).
-_PICKLE_GLOBALS = frozenset({("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
-                             ("_codecs", "encode")})
+_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+                                               ("numpy", "ndarray"): _NdarrayType, ("numpy", "dtype"): np.dtype,
+                                               ("_codecs", "encode"): _encode}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -61,7 +92,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             module = "numpy._core" + module[len("numpy.core"):]
         if (module, name) not in _PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return super().find_class(module, name)
+        return _PICKLE_GLOBALS[module, name]
 
 
 def unpickle(data: bytes, where: str) -> Any:
@@ -86,13 +117,32 @@ def _cifar_batch(entry: Any, layout: _CifarLayout, where: str) -> tuple[np.ndarr
         shape = getattr(data, "shape", type(data).__name__)
         raise ValueError(f"CIFAR {b'data'!r} must be uint8 (N, 3072), got {getattr(data, 'dtype', '')} {shape}: "
                          f"{where}")
-    try:
-        labels = np.asarray(_get(entry, layout.label_key, where), dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"CIFAR labels are not integers ({one_line(exc)}): {where}") from None
+    labels = _get(entry, layout.label_key, where)
+    # A flat list of ints (checked element by element: a list nested by shared references costs the file nothing
+    # but would expand exponentially in np.asarray), or a 1-D integer array.
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
+        labels = labels.astype(np.int64)
+    elif isinstance(labels, list) and all(type(v) is int for v in labels):
+        labels = np.array(labels, dtype=np.int64) if labels else np.zeros(0, dtype=np.int64)
+    else:
+        raise ValueError(f"CIFAR labels must be a flat list of integers, got {_describe(labels)}: {where}")
     if len(labels) != len(data):
         raise ValueError(f"{len(labels)} labels for {len(data)} images: {where}")
     return data, labels
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array {value.shape}"
+    if isinstance(value, list):
+        odd = next((v for v in value if type(v) is not int), None)
+        return f"a list holding {type(odd).__name__}" if odd is not None else "a list"
+    return type(value).__name__
+
+
+def _member_size(size: int, where: str) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise ValueError(f"{size} bytes, more than any CIFAR file ({MAX_MEMBER_BYTES} at most): {where}")
 
 
 def _cifar_members(name: str, layout: _CifarLayout, location: Path) -> dict[str, tuple[bytes, str]]:
@@ -104,6 +154,7 @@ def _cifar_members(name: str, layout: _CifarLayout, location: Path) -> dict[str,
             path = location / member
             if not path.is_file():
                 raise FileNotFoundError(f"{name}: missing file {path}")
+            _member_size(path.stat().st_size, str(path))
             out[member] = (path.read_bytes(), str(path))
         return out
     names = {f"{layout.folder}/{m}": m for m in wanted}
@@ -113,6 +164,7 @@ def _cifar_members(name: str, layout: _CifarLayout, location: Path) -> dict[str,
             for info in tar:  # one pass in archive order: no re-decompression for random access
                 member = names.get(info.name.lstrip("./"))
                 if member is not None and info.isfile():
+                    _member_size(info.size, f"{location}:{info.name}")
                     handle = tar.extractfile(info)
                     out[member] = (handle.read() if handle else b"", f"{location}:{info.name}")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
@@ -147,9 +199,11 @@ def load_cifar(name: str, *, data_dir: str | os.PathLike | None = None, download
     meta_bytes, meta_where = members[layout.meta]
     meta = unpickle(meta_bytes, meta_where)
     raw_names = _get(meta, layout.names_key, meta_where)
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
-    if len(classes) != layout.num_classes:
-        raise ValueError(f"{len(classes)} class names, expected {layout.num_classes}: {meta_where}")
+    if not isinstance(raw_names, list) or not all(isinstance(n, (bytes, str)) for n in raw_names):
+        raise ValueError(f"CIFAR class names must be a list of strings, got {type(raw_names).__name__}: {meta_where}")
+    if len(raw_names) != layout.num_classes:
+        raise ValueError(f"{len(raw_names)} class names, expected {layout.num_classes}: {meta_where}")
+    classes = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw_names]
     parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"train": ([], []), "test": ([], [])}
     for split, member_names in (("train", layout.train), ("test", layout.test)):
         for member in member_names:
@@ -164,4 +218,5 @@ def load_cifar(name: str, *, data_dir: str | os.PathLike | None = None, download
     # Each row holds the 1024 red, then green, then blue values of a 32×32 image, row-major: (N, 3, 32, 32).
     x_train, x_test = (torch.from_numpy(np.concatenate(parts[s][0]).reshape(-1, 3, 32, 32)) for s in parts)
     y_train, y_test = (torch.from_numpy(np.concatenate(parts[s][1])) for s in parts)
-    return Dataset(name, classes, x_train, y_train, x_test, y_test, CIFAR_MEAN, CIFAR_STD, source=str(location))
+    return Dataset(name, classes, x_train, y_train, x_test, y_test, CIFAR_MEAN, CIFAR_STD, source=str(location),
+                   labels_verified=True)

@@ -1,7 +1,7 @@
 """Label noise with the paper's transition matrices: uniform, flip (one other class) and flip2 (two other classes).
 
 A corruption is a K×K row-stochastic matrix C: a sample of true class i gets label j with probability C[i, j]
-(../shared/PAPER.md, "Corruption protocols"):
+(docs/algorithm.md, "Corruption protocols"):
     uniform:r   C = r/K · 11ᵀ + (1 − r) I      (a label may be redrawn as itself: the wrong-label rate is r(K−1)/K)
     flip:r      C[i, i] = 1 − r, C[i, t(i)] = r               for one random target t(i) ≠ i per class
     flip2:r     C[i, i] = 1 − r, C[i, t₁(i)] = C[i, t₂(i)] = r/2   for two distinct random targets ≠ i

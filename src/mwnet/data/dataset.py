@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 _HOLDOUT_FRACTION = 0.2  # test share carved (seed 0) where a source has no test split
+# More classes than any real data set has (ImageNet-21k: 21,841): a label of 10⁹ is a corrupt file, not 10⁹ classes.
+MAX_CLASSES = 100_000
 
 
 @dataclass
@@ -21,6 +23,13 @@ class Dataset:
     Images are uint8 (N, C, H, W) tensors or a `LazyImages`; tables float32 (N, D); labels int64 (N,).
     `mean`/`std` are per-channel statistics of the images scaled to [0, 1] (None for tables and float arrays).
     `y_train_true` holds the true training labels where a source gives noisy ones and the truth is known.
+
+    Where trusted labels come from (a meta set is carved only from these, `splits.make_split`):
+    `labels_verified`: the training labels are clean as given (the built-in data sets, before any corruption);
+    `y_train_true`: rows whose given label equals it are verified; `trusted`: bool (N,) marking rows whose given
+    label the user verified, described by `trusted_source`. `meta_source` says where a shipped meta set comes from.
+    `train_ids` / `meta_ids`: each sample's origin in the source (row index in the file, or path relative to the
+    folder), a numpy array aligned with `x_train` / `x_meta` [None: its position in the training set].
     """
 
     name: str
@@ -35,6 +44,12 @@ class Dataset:
     y_meta: torch.Tensor | None = None
     y_train_true: torch.Tensor | None = None
     source: str = ""
+    labels_verified: bool = False
+    trusted: torch.Tensor | None = None
+    trusted_source: str = ""
+    meta_source: str = ""
+    train_ids: np.ndarray | None = None
+    meta_ids: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -53,6 +68,13 @@ def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
     if low < 0 or high >= num_classes:
         bad = low if low < 0 else high
         raise ValueError(f"label {bad} out of range [0, {num_classes}): {where}")
+
+
+def check_num_classes(num_classes: int, where: str) -> None:
+    """ValueError naming `where` when labels or class names imply more than MAX_CLASSES classes."""
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"{num_classes} classes (labels up to {num_classes - 1}), more than the {MAX_CLASSES} "
+                         f"mwnet supports: {where}")
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

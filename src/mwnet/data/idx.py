@@ -5,6 +5,7 @@ after its structure (magic number, header, length, label range) has been validat
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
@@ -24,15 +25,28 @@ _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+# The largest official IDX file (MNIST's training images) is 47 MB: a file far larger is not one, and a few KB of
+# gzip could otherwise decompress to gigabytes.
+MAX_FILE_BYTES = 256 << 20
+
+
 def read_file_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it is gzip data (by its magic bytes, not its name)."""
-    data = Path(path).read_bytes()
+    """The file's content, gunzipped when it is gzip data (by its magic bytes, not its name); at most
+    MAX_FILE_BYTES either way."""
+    path = Path(path)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{path.stat().st_size} bytes, more than any IDX file ({MAX_FILE_BYTES} at most): {path}")
+    data = path.read_bytes()
     if data[:2] != b"\x1f\x8b":
         return data
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            out = handle.read(MAX_FILE_BYTES + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"corrupt gzip file ({one_line(exc)}): {path}") from None
+    if len(out) > MAX_FILE_BYTES:
+        raise ValueError(f"gzip data decompresses to more than any IDX file ({MAX_FILE_BYTES} bytes): {path}")
+    return out
 
 
 def parse_idx(data: bytes, where: str | Path) -> np.ndarray:
@@ -98,7 +112,8 @@ def load_idx_dataset(name: str, *, data_dir: str | os.PathLike | None = None, do
             check_digest(got, expected, where)
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     mean, std = channel_stats(x_train)
-    return Dataset(name, list(classes), x_train, y_train, x_test, y_test, mean, std, source=str(found))
+    return Dataset(name, list(classes), x_train, y_train, x_test, y_test, mean, std, source=str(found),
+                   labels_verified=True)
 
 
 def _idx_images(array: np.ndarray, path: Path | None) -> torch.Tensor:

@@ -20,8 +20,9 @@ from mwnet.data.arrays import load_arrays
 from mwnet.data.cifar import CIFAR_LAYOUTS, load_cifar
 from mwnet.data.dataset import Dataset, channel_stats, holdout_split
 from mwnet.data.download import search_dirs
-from mwnet.data.folder import DEFAULT_MAX_MEMORY_BYTES, LazyImages, load_folder, take
+from mwnet.data.folder import DEFAULT_MAX_MEMORY_BYTES, load_folder
 from mwnet.data.idx import IDX_FILES, load_idx_dataset
+from mwnet.data.images import LazyImages, take
 
 # Also re-exported: names that other modules import from here (cli/info.py, splits.py, tests/test_cli_data.py)
 # or found here before the formats had modules of their own.
@@ -40,6 +41,7 @@ def list_datasets() -> list[str]:
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = True, verify: bool = True,
                  image_size: int | tuple[int, int] | None = None, labels_csv: str | os.PathLike | None = None,
+                 trusted_csv: str | os.PathLike | None = None,
                  max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES) -> Dataset:
     """Load a data set by name: fashion-mnist, mnist, cifar10, cifar100, digits, folder:PATH or arrays:PATH.
 
@@ -48,7 +50,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, downlo
         download: fetch missing official files from the official mirrors [True].
         verify: check every file against its official md5 [True].
         image_size: folder images are resized to this (int or (H, W)) [the first training image's size].
-        labels_csv: folder training labels as `path,label` rows [PATH/noisy_labels.csv when present].
+        labels_csv: folder training labels as `path,label[,trusted]` rows [PATH/noisy_labels.csv when present].
+        trusted_csv: folder only: a file naming the training images whose label was verified (one path a row).
         max_memory_bytes: folders larger than this once decoded are streamed from disk [2 GiB].
     """
     text = str(name).strip()
@@ -59,7 +62,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, downlo
         path = Path(rest.strip()).expanduser()
         if kind.lower() == "arrays":
             return load_arrays(path)
-        return load_folder(path, image_size=image_size, labels_csv=labels_csv, max_memory_bytes=max_memory_bytes)
+        return load_folder(path, image_size=image_size, labels_csv=labels_csv, trusted_csv=trusted_csv,
+                           max_memory_bytes=max_memory_bytes)
     key = _ALIASES.get(text.lower(), text.lower())
     if key in ("fashion-mnist", "mnist"):
         return load_idx_dataset(key, data_dir=data_dir, download=download, verify=verify)
@@ -84,4 +88,4 @@ def load_digits() -> Dataset:
     train, test = holdout_split(len(y))
     mean, std = channel_stats(x[train])
     return Dataset("digits", [str(i) for i in range(10)], x[train], y[train], x[test], y[test], mean, std,
-                   source="sklearn.datasets.load_digits")
+                   source="sklearn.datasets.load_digits", labels_verified=True, train_ids=train.numpy())

@@ -1,11 +1,14 @@
-"""Running experiments: a config (dataclass + presets), the runner that writes a run directory, checkpoints.
+"""Running experiments: a config (dataclass + presets), the runner that writes a run directory, and grids of runs.
 
     from mwnet.experiment import resolve_config, train
     summary = train(resolve_config("fmnist-uniform-40", {"method": "ce"}), "runs/fmnist-uniform-40-ce")
 """
 
-from mwnet.experiment.config import PRESETS, TrainConfig, list_presets, load_config, resolve_config
-from mwnet.experiment.runner import TrainingInterrupted, evaluate, train
+from mwnet.experiment.config import TrainConfig, load_config, resolve_config
+from mwnet.experiment.loop import evaluate
+from mwnet.experiment.presets import PRESETS, list_presets
+from mwnet.experiment.runner import train
+from mwnet.experiment.signals import TrainingInterrupted
 
 __all__ = ["PRESETS", "TrainConfig", "TrainingInterrupted", "evaluate", "list_presets", "load_config",
            "resolve_config", "train"]

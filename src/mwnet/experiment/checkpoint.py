@@ -1,14 +1,15 @@
-"""Atomic checkpoints and the random-number state they must carry for an exact resume.
+"""Checkpoints: what a run's state maps to in checkpoint.pt and back, atomically, with every random state.
 
 A checkpoint is one dict of tensors, numbers, strings, lists and dicts, so that it loads with
-`torch.load(weights_only=True)`: nothing in it can execute code. It is written to a temporary file in the same
-directory, flushed to disk, then renamed over the old one, so a crash at any moment leaves either the old or the
-new checkpoint, never a torn one.
+`torch.load(weights_only=True)`: nothing in it can execute code. It is written atomically
+(`mwnet.experiment.files.write_atomic`), so a crash at any moment leaves either the old or the new checkpoint.
+It holds the model, both optimizers and the schedule, the method's state, the loaders' positions, the epoch in
+progress and the global random states: a run resumed from it computes the numbers of an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import pickle
 import random
 from pathlib import Path
@@ -17,21 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from mwnet.experiment.build import Setup
+from mwnet.experiment.config import config_to_dict
+from mwnet.experiment.files import first_line, write_atomic
+from mwnet.experiment.loop import EpochRecord, RunState
+
+CHECKPOINT_FORMAT = 1
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` to `path` atomically (temporary file, fsync, os.replace)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_directory(path.parent)
+    write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -46,11 +43,63 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"unreadable checkpoint {path} ({first[:200]})") from None
+        raise ValueError(f"unreadable checkpoint {path} ({first_line(exc)[:200]})") from None
     if not isinstance(state, dict):
         raise ValueError(f"not an mwnet checkpoint (no dict inside): {path}")
     return state
+
+
+def save_run(setup: Setup, state: RunState, path: Path) -> None:
+    """Checkpoint a run as it stands (between two iterations)."""
+    save_checkpoint({
+        "format": CHECKPOINT_FORMAT,
+        "config": config_to_dict(setup.config),
+        "epochs_done": state.epochs_done,
+        "iteration": state.iteration,
+        "best_test_acc": state.best_test_acc,
+        "best_epoch": state.best_epoch,
+        "train_seconds": state.train_seconds,
+        "eval_seconds": state.eval_seconds,
+        "resumes": state.resumes,
+        "epoch": None if state.epoch is None else state.epoch.state_dict(),
+        "last_record": None if state.last_record is None else json.dumps(state.last_record),
+        "model": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": setup.scheduler.state_dict(),
+        "method": setup.method.state_dict(),
+        "loader": setup.loader.state_dict(),
+        "meta": None if setup.meta is None else setup.meta.state_dict(),
+        "rng": rng_state(),
+    }, path)
+
+
+def restore_run(path: Path, setup: Setup, state: RunState) -> None:
+    """Load the checkpoint at `path` into a freshly built `setup` and `state` (counting one more resume)."""
+    checkpoint = load_checkpoint(path, map_location=setup.device)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not an mwnet checkpoint of format {CHECKPOINT_FORMAT}: {path}")
+    try:
+        setup.model.load_state_dict(checkpoint["model"])
+        setup.optimizer.load_state_dict(checkpoint["optimizer"])
+        setup.scheduler.load_state_dict(checkpoint["scheduler"])
+        setup.method.load_state_dict(checkpoint["method"])
+        setup.loader.load_state_dict(checkpoint["loader"])
+        if setup.meta is not None:
+            setup.meta.load_state_dict(checkpoint["meta"])
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"checkpoint does not match this run ({first_line(exc)[:200]}): {path}") from None
+    set_rng_state(checkpoint["rng"])
+    state.epochs_done = int(checkpoint["epochs_done"])
+    state.iteration = int(checkpoint["iteration"])
+    state.best_test_acc = float(checkpoint["best_test_acc"])
+    state.best_epoch = int(checkpoint["best_epoch"])
+    state.train_seconds = float(checkpoint["train_seconds"])
+    state.eval_seconds = float(checkpoint["eval_seconds"])
+    state.resumes = int(checkpoint["resumes"]) + 1
+    epoch = checkpoint["epoch"]
+    state.epoch = None if epoch is None else EpochRecord.from_state(
+        {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch.items()})
+    state.last_record = None if checkpoint["last_record"] is None else json.loads(checkpoint["last_record"])
 
 
 def rng_state() -> dict[str, Any]:
@@ -78,17 +127,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

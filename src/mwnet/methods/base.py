@@ -7,6 +7,7 @@ A method owns one training iteration (`step`) for the user's model and optimizer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,31 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mwnet.core import StepResult
+from mwnet.errors import NonFiniteLossError
+from mwnet.step import StepResult
 
 
 @dataclass(frozen=True)
 class MethodContext:
-    """Facts about the run a method may need (class counts for re-balancing, the schedule for phase changes).
+    """Facts about the run a method may need (class counts for re-balancing, the epochs for phase changes).
 
     Attributes:
         num_classes: K.
         class_counts: (K,) number of training samples per *given* label.
-        train_size: number of training samples.
-        meta_size: number of clean meta samples (0 when there is no meta set).
         epochs: number of epochs the run will train.
-        iterations_per_epoch: training iterations in one full epoch.
-        total_iterations: training iterations in the whole run.
         device: where the model lives.
     """
 
     num_classes: int
     class_counts: tuple[int, ...]
-    train_size: int
-    meta_size: int = 0
     epochs: int = 1
-    iterations_per_epoch: int = 1
-    total_iterations: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
@@ -50,10 +44,10 @@ class NoOptions:
 class Method:
     """Base class of a training method (cross-entropy, Meta-Weight-Net, baselines).
 
-    Subclasses set `name`, `uses_meta` (whether `step` needs a meta batch) and `Options` (a dataclass whose fields,
-    with defaults, are the method's keyword options; the runner fills a field from the TrainConfig field of the
-    same name, or from `TrainConfig.method_options`), and implement `step`. Everything a resumed run needs beyond
-    the model and optimizer (which the runner saves) goes in `state_dict`.
+    Subclasses set `name`, `uses_meta` (whether `step` needs a meta batch) and `Options` (a dataclass whose fields
+    are the method's keyword options, each declared with `mwnet.methods.options.option`; the runner fills a field
+    from the TrainConfig field of the same name, or from `TrainConfig.method_options`), and implement `step`.
+    Everything a resumed run needs beyond the model and optimizer (which the runner saves) goes in `state_dict`.
     """
 
     name: ClassVar[str] = ""
@@ -101,17 +95,33 @@ class Method:
 
     # -- a helper for methods whose iteration is one (weighted) supervised update ------------------------------
 
-    def supervised_step(self, x: Tensor, y: Tensor, weights: Tensor | None = None) -> StepResult:
-        """One SGD update on Σᵢ vᵢ ℓᵢ / n with per-sample cross-entropy ℓ and fixed weights v [1]."""
+    def supervised_step(self, x: Tensor, y: Tensor,
+                        weights: Tensor | Callable[[Tensor], Tensor] | None = None) -> StepResult:
+        """One SGD update on Σᵢ vᵢ ℓᵢ / n with per-sample cross-entropy ℓ and weights v [1].
+
+        `weights` is fixed (n,) weights, or a function of the losses ℓ (n,) whose result is part of the loss and
+        differentiated with it (the focal factor).
+        """
         self.model.train()
         logits = self.model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
-        if not torch.isfinite(losses).all():
-            raise ValueError(f"non-finite training loss on {int((~torch.isfinite(losses)).sum())} samples")
-        weights = torch.ones_like(losses) if weights is None else weights.detach().to(losses.dtype)
+        check_finite_losses(losses)
+        if weights is None:
+            weights = torch.ones_like(losses)
+        elif callable(weights):
+            weights = weights(losses)
+        else:
+            weights = weights.detach().to(losses.dtype)
         loss = (weights * losses).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
-        return StepResult(loss=float(loss.detach()), meta_loss=math.nan, weights=weights, losses=losses.detach(),
-                          logits=logits.detach(), meta_updated=False)
+        return StepResult(loss=float(loss.detach()), meta_loss=math.nan, weights=weights.detach(),
+                          losses=losses.detach(), logits=logits.detach(), meta_updated=False)
+
+
+def check_finite_losses(losses: Tensor, what: str = "training loss") -> None:
+    """NonFiniteLossError (the runner reports it as divergence) unless every per-sample loss is finite."""
+    if not torch.isfinite(losses).all():
+        bad = int((~torch.isfinite(losses)).sum())
+        raise NonFiniteLossError(what, f"{bad} of {losses.numel()} samples")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mwnet.core import StepResult
 from mwnet.methods import register_method
 from mwnet.methods.base import Method
+from mwnet.step import StepResult
 
 
 @register_method("ce")

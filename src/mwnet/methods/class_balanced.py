@@ -18,20 +18,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mwnet.core import StepResult
 from mwnet.methods import register_method
 from mwnet.methods.base import Method, MethodContext
+from mwnet.methods.options import option
+from mwnet.step import StepResult
 
 
 @dataclass(frozen=True)
 class ClassBalancedOptions:
-    """Options of the `class-balanced` method.
+    """Options of the `class-balanced` method (β is checked by `class_balanced_weights`)."""
 
-    Attributes:
-        beta: β in [0, 1); 0 is plain CE, values near 1 approach inverse class frequency [0.9999].
-    """
-
-    beta: float = 0.9999
+    beta: float = option(0.9999, "β in [0, 1); 0 is plain CE, values near 1 approach inverse class frequency")
 
 
 def class_balanced_weights(class_counts: Sequence[int], beta: float) -> list[float]:

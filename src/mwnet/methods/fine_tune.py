@@ -26,23 +26,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from mwnet.core import StepResult
+from mwnet.errors import NonFiniteLossError
 from mwnet.methods import register_method
 from mwnet.methods.base import Method, MethodContext
+from mwnet.methods.options import FINITE_POSITIVE, option
+from mwnet.step import StepResult
 
 
 @dataclass(frozen=True)
 class FineTuneOptions:
-    """Options of the `fine-tune` method.
+    """Options of the `fine-tune` method."""
 
-    Attributes:
-        fine_tune_epochs: how many final epochs train on the meta set; None: 10 % of the epochs, at least 1 (0 for
-            a one-epoch run) [None].
-        fine_tune_lr_factor: the fine-tuning steps use the scheduled lr times this factor [1.0].
-    """
-
-    fine_tune_epochs: int | None = None
-    fine_tune_lr_factor: float = 1.0
+    fine_tune_epochs: int | None = option(
+        None, "how many final epochs train on the meta set [10 % of the epochs, at least 1; 0 for one epoch]")
+    fine_tune_lr_factor: float = option(1.0, "the fine-tuning steps use the scheduled lr times this factor",
+                                        check=FINITE_POSITIVE)
 
 
 def default_fine_tune_epochs(epochs: int) -> int:
@@ -70,10 +68,6 @@ class FineTune(Method):
         elif not 0 <= k < context.epochs:
             raise ValueError(f"method 'fine-tune' option 'fine_tune_epochs' must be in [0, {context.epochs - 1}] "
                              f"(a run of {context.epochs} epochs keeps at least one CE epoch), got {k}")
-        factor = options.fine_tune_lr_factor
-        if not (math.isfinite(factor) and factor > 0):
-            raise ValueError(f"method 'fine-tune' option 'fine_tune_lr_factor' must be a positive number, "
-                             f"got {factor}")
         self.fine_tune_epochs = k
         self.first_fine_tune_epoch = context.epochs - k
         self.epoch = 0
@@ -104,7 +98,7 @@ class FineTune(Method):
             losses = F.cross_entropy(logits, y, reduction="none")
         meta_loss = F.cross_entropy(model(x_meta), y_meta)
         if not torch.isfinite(meta_loss):
-            raise ValueError(f"non-finite fine-tuning loss on the meta batch: {float(meta_loss)}")
+            raise NonFiniteLossError("fine-tuning loss on the meta batch", str(float(meta_loss)))
         self.optimizer.zero_grad()
         meta_loss.backward()
         lrs = [group["lr"] for group in self.optimizer.param_groups]

@@ -8,35 +8,37 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mwnet.core import MetaReweighter, StepResult
+from mwnet.core import Hypergradient, MetaReweighter
 from mwnet.methods import register_method
 from mwnet.methods.base import Method, MethodContext
+from mwnet.methods.options import NON_NEGATIVE, POSITIVE, POSITIVE_INT, option
+from mwnet.step import StepResult
 from mwnet.weighting import MetaWeightNet
 
 
 @dataclass(frozen=True)
 class MWNetOptions:
-    """Options of the `mwnet` method (the runner fills them from TrainConfig fields of the same names).
+    """Options of the `mwnet` method, each declared once: `TrainConfig` inherits these fields (the runner fills the
+    method's options from them), and `mwnet train` turns each into a flag with the description below as its help.
 
-    Attributes:
-        normalize: "sum" (Z = Σ v: the weighted loss is a weighted *average*, as in the scripts behind the
-            paper's tables, so the classifier's step size matches plain CE at the same lr) or "mean" (Z = n).
-        hypergradient: how ∇Θ is computed (see mwnet.core): "forward" and "double-backward" are exact.
-        meta_interval: update V every k-th iteration only.
-        weight_net_hidden: hidden width of V (the paper: 100).
-        meta_optimizer: "sgd" (momentum, Nesterov, weight decay below) or "adam" (weight decay below).
-        meta_lr: V's learning rate, constant over the run (as in the official scripts).
+    The default normalisation is "sum" (Z = Σ v): the weighted loss is a weighted *average*, as in the scripts
+    behind the paper's tables, so the classifier's step size matches plain CE at the same lr.
     """
 
-    normalize: Literal["mean", "sum"] = "sum"
-    hypergradient: Literal["forward", "double-backward", "finite-difference", "last-layer"] = "forward"
-    meta_interval: int = 1
-    weight_net_hidden: int = 100
-    meta_optimizer: Literal["sgd", "adam"] = "sgd"
-    meta_lr: float = 1e-3
-    meta_momentum: float = 0.9
-    meta_nesterov: bool = True
-    meta_weight_decay: float = 5e-4
+    normalize: Literal["mean", "sum"] = option(
+        "sum", "divide the weighted loss by the 'sum' of the weights (a weighted average) or by the batch size "
+               "('mean')")
+    hypergradient: Hypergradient = option(  # noqa: RUF009 (an immutable default; ruff cannot see through the alias)
+        "forward", "how the weight net's gradient is computed: forward (exact, fastest), double-backward (exact), "
+                   "finite-difference or last-layer (approximate)")
+    meta_interval: int = option(1, "update the weight net every k-th iteration only", check=POSITIVE_INT)
+    weight_net_hidden: int = option(100, "hidden width of the weight net (the paper: 100)", check=POSITIVE_INT)
+    meta_optimizer: Literal["sgd", "adam"] = option("sgd", "the weight net's optimiser, sgd or adam")
+    meta_lr: float = option(1e-3, "the weight net's learning rate, constant over the run (as in the official "
+                                  "scripts)", check=POSITIVE)
+    meta_momentum: float = option(0.9, "the weight net's SGD momentum", check=NON_NEGATIVE)
+    meta_nesterov: bool = option(True, "Nesterov momentum for the weight net (SGD)")
+    meta_weight_decay: float = option(5e-4, "the weight net's weight decay", check=NON_NEGATIVE)
 
 
 @register_method("mwnet")
@@ -49,10 +51,6 @@ class MetaWeightNetMethod(Method):
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, context: MethodContext,
                  options: MWNetOptions) -> None:
         super().__init__(model, optimizer, context, options)
-        if options.meta_lr <= 0:
-            raise ValueError(f"meta_lr must be positive, got {options.meta_lr}")
-        if options.meta_weight_decay < 0:
-            raise ValueError(f"meta_weight_decay must be >= 0, got {options.meta_weight_decay}")
         if options.meta_optimizer == "sgd" and options.meta_nesterov and options.meta_momentum <= 0:
             raise ValueError("meta_nesterov needs meta_momentum > 0")
         self.weight_net = MetaWeightNet(hidden=options.weight_net_hidden).to(context.device)

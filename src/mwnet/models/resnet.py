@@ -67,12 +67,11 @@ class CifarResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(64, num_classes)
-        # He et al. (and the official MW-Net code): He-normal weights (fan-in) on every conv and linear layer.
+        # As the official MW-Net ResNet-32: He-normal weights (fan-in) on every conv and linear layer; the
+        # classifier's bias keeps nn.Linear's default, uniform in ±1/√fan_in (the official code never touches it).
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
-            if isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, 64) pooled features, the input of `classifier`."""

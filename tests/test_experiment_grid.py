@@ -1,5 +1,5 @@
-"""The compare grid with a fake `train` (order, skipping, resuming, failures, interrupts) and its aggregation
-(mean / sample std against hand computation, winners, the Markdown table)."""
+"""The grid with a fake `train` (order, skipping, resuming, failures, interrupts) and its aggregation (mean /
+sample std against hand computation, winners, the Markdown table)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import mwnet.experiment.compare as compare
-from mwnet.experiment.compare import Cell, GridInterrupted, aggregate, format_cell, make_grid, run_grid
+import mwnet.experiment.execution as execution
+from mwnet.experiment.aggregate import aggregate, write_results
 from mwnet.experiment.config import config_to_dict
-from mwnet.experiment.runner import TrainingInterrupted
+from mwnet.experiment.execution import GridInterrupted, run_grid
+from mwnet.experiment.grid import Cell, grid_from_record, make_grid
+from mwnet.experiment.markdown import format_cell, format_markdown
+from mwnet.experiment.rundir import run_status
+from mwnet.experiment.signals import TrainingInterrupted
 
 S1, S2 = "fmnist-uniform-40", "fmnist-uniform-60"
 
@@ -29,7 +33,7 @@ def write_cell(out: Path, cell: Cell, best: float, last: float, auroc: float | N
 
 
 class FakeTrain:
-    """Stands in for `runner.train`: records each call and writes config.json + summary.json."""
+    """Stands in for `train`: records each call and writes config.json + summary.json."""
 
     def __init__(self, fail: tuple[str, ...] = (), interrupt: str | None = None) -> None:
         self.calls: list[tuple[str, bool, bool]] = []
@@ -52,8 +56,8 @@ class FakeTrain:
 @pytest.fixture
 def fake(monkeypatch):
     fake = FakeTrain()
-    monkeypatch.setattr(compare, "train", fake)
-    monkeypatch.setattr(compare, "check_data", lambda configs: list(configs))
+    monkeypatch.setattr(execution, "train", fake)
+    monkeypatch.setattr(execution, "check_data", lambda configs: list(configs))
     return fake
 
 
@@ -95,7 +99,7 @@ def test_finished_cells_are_skipped_interrupted_ones_resumed_and_debris_replaced
     (partial.run_dir(tmp_path) / "checkpoint.pt").write_bytes(b"")
     debris.run_dir(tmp_path).mkdir(parents=True)  # killed before its first checkpoint
     (debris.run_dir(tmp_path) / "config.json").write_text(json.dumps(config_to_dict(grid.config(debris))))
-    assert [compare.cell_status(c.run_dir(tmp_path)) for c in (done, partial, debris)] == ["done", "partial", "todo"]
+    assert [run_status(c.run_dir(tmp_path)) for c in (done, partial, debris)] == ["done", "partial", "todo"]
 
     lines = []
     results = run_grid(grid, tmp_path, command="mwnet compare --test", log=lines.append)
@@ -114,7 +118,7 @@ def test_finished_cells_are_skipped_interrupted_ones_resumed_and_debris_replaced
     assert fake.calls == []
     assert json.loads((tmp_path / "compare.json").read_text())["commands"] == ["mwnet compare --test",
                                                                               "mwnet compare --again"]
-    assert compare.grid_from_record(tmp_path).to_dict() == grid.to_dict()
+    assert grid_from_record(tmp_path).to_dict() == grid.to_dict()
 
 
 def test_cells_of_another_protocol_are_refused_before_anything_is_written(tmp_path, fake):
@@ -137,7 +141,7 @@ def test_a_missing_data_set_fails_before_anything_is_written(tmp_path, monkeypat
     def missing(configs):
         raise FileNotFoundError("no fashion-mnist here")
 
-    monkeypatch.setattr(compare, "check_data", missing)
+    monkeypatch.setattr(execution, "check_data", missing)
     with pytest.raises(FileNotFoundError):
         run_grid(make_grid([S1], ["ce"]), tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -214,7 +218,7 @@ def test_format_cell():
 
 def test_markdown_bolds_each_settings_winner_and_shows_missing_cells(filled):
     grid, out = filled
-    compare.write_results(grid, out, command="mwnet compare --settings x")
+    write_results(grid, out, command="mwnet compare --settings x")
     markdown = (out / "results.md").read_text()
     sections = markdown.split("## ")
     best = [line for line in sections[1].splitlines() if line.startswith("| ")]
@@ -242,7 +246,7 @@ def test_markdown_lists_diverged_cells(filled):
     summary = json.loads(summary_path.read_text())
     summary["diverged"] = {"epoch": 4, "iteration": 321, "error": "non-finite training loss on 100 of 100 samples"}
     summary_path.write_text(json.dumps(summary))
-    markdown = compare.format_markdown(aggregate(grid, out))
+    markdown = format_markdown(aggregate(grid, out))
     section = markdown.split("## Diverged cells")[1].split("## ")[0]
     assert "- fmnist-uniform-40/focal/seed0: epoch 4, iteration 321 (non-finite training loss" in section
     assert markdown.count("epoch 4, iteration 321") == 1
