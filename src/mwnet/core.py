@@ -88,6 +88,8 @@ class MetaReweighter:
             of their normalised weighted losses, so divide the lr by k for an average [1].
         scaler: a `torch.amp.GradScaler` for the real update and the virtual and meta gradients; an overflow
             returns a result with `skipped=True` and changes nothing but the scale [one of its own for "fp16"].
+        tangent_only: in the "forward" mode's dual pass, convolutions and linear layers reuse the first
+            forward's outputs and compute only their tangents (same result, less work) [True].
 
     A hypergradient mode that fails with NotImplementedError (an op without a forward-mode rule: a custom
     autograd.Function without jvp, some fused kernels) makes "forward" fall back once, with a warning, to the
@@ -114,6 +116,7 @@ class MetaReweighter:
         max_grad_norm: float | None = None,
         grad_accumulation: int = 1,
         scaler: torch.amp.GradScaler | None = None,
+        tangent_only: bool = True,
     ) -> None:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
@@ -149,6 +152,7 @@ class MetaReweighter:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.grad_accumulation = grad_accumulation
         self.scaler = scaler
+        self.tangent_only = bool(tangent_only)
         self.traffic = Traffic()  # collectives and bytes this rank sent (under torch.distributed)
         self.iteration = 0
         self.last_layer = resolve_last_layer(unwrap(model), last_layer) if hypergradient == "last-layer" else None
@@ -182,7 +186,8 @@ class MetaReweighter:
         cycle = self.iteration % self.grad_accumulation
         result = reweighted_step(self.model, self.optimizer, x, y, rule, meta=meta, options=options,
                                  replay_rng=update_meta, last_layer=self.last_layer if update_meta else None,
-                                 check=check, zero_grad=cycle == 0, apply=cycle == self.grad_accumulation - 1)
+                                 check=check, zero_grad=cycle == 0, apply=cycle == self.grad_accumulation - 1,
+                                 record_primals=update_meta and self.tangent_only and self.hypergradient == "forward")
         if not result.skipped:
             self.iteration += 1
         return result

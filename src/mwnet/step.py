@@ -11,6 +11,7 @@ shows where the time goes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch.func import functional_call
 from mwnet.distributed import Shards, Traffic, check_supported, current_shards, global_sum, sum_gradients, unwrap
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state
+from mwnet.hypergradients.tangents import PrimalCache
 from mwnet.inputs import as_inputs, check_batch, check_class_targets, describe, detached, first_line
 from mwnet.losses import LossFn, per_sample_cross_entropy
 from mwnet.module_state import captured_layer, trainable_parameters, training_mode
@@ -138,14 +140,15 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
                     rule: WeightRule, *, meta: tuple[Tensor | Sequence[Tensor], Tensor] | None = None,
                     options: StepOptions = StepOptions(), replay_rng: bool = True,
                     last_layer: nn.Linear | None = None, check: Callable[[], None] | None = None,
-                    zero_grad: bool = True, apply: bool = True) -> StepResult:
+                    zero_grad: bool = True, apply: bool = True, record_primals: bool = False) -> StepResult:
     """First forward on x, `rule` chooses the weights, then the weighted real update; all or nothing.
 
     Any error (bad input, a non-finite loss or weight) leaves the model, its buffers and the optimizer as they
     were. `meta` is the meta batch the rule may use; `check` runs the caller's own input checks with the step's.
     `replay_rng` keeps the RNG state of the first forward for re-forwards over x (dropout masks); `last_layer`
     captures that layer's input and output for the "last-layer" mode. Gradient accumulation: `zero_grad` clears
-    the gradients before this step's backward, `apply` steps the optimizer after it. Under torch.distributed
+    the gradients before this step's backward, `apply` steps the optimizer after it. `record_primals` keeps the
+    first forward's convolution and linear outputs for a tangent-only dual pass. Under torch.distributed
     (world size > 1), the ranks' batches are shards of one global batch (mwnet.distributed) and a failure on any
     rank raises on every rank.
     """
@@ -157,7 +160,8 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
             check()
         if shards is not None:
             check_supported(module)
-        first, output, scratch = _first_forward(module, optimizer, x, y, meta, options, replay_rng, last_layer)
+        first, output, scratch = _first_forward(module, optimizer, x, y, meta, options, replay_rng, last_layer,
+                                                PrimalCache() if record_primals else None)
     except Exception as exc:
         if shards is None:
             raise
@@ -230,7 +234,8 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, params: dict[str, Tensor],
 
 def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor | Sequence[Tensor], y: Tensor,
                    meta: tuple[Tensor | Sequence[Tensor], Tensor] | None, options: StepOptions, replay_rng: bool,
-                   last_layer: nn.Linear | None) -> tuple[FirstForward, Any, dict[str, Tensor]]:
+                   last_layer: nn.Linear | None, primals: PrimalCache | None
+                   ) -> tuple[FirstForward, Any, dict[str, Tensor]]:
     """Checks, then the train-mode forward on x whose graph serves the virtual and the real update."""
     inputs = as_inputs(x)
     check_batch(inputs, y, "training")
@@ -249,7 +254,8 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
         # Scratch buffers, so nothing of the model changes until the step succeeds.
         scratch = {k: b.clone() for k, b in snapshot.items()}
         try:
-            with captured_layer(last_layer) as captured, autocast(precision, y.device):
+            recording = primals.recording(model) if primals is not None else contextlib.nullcontext()
+            with captured_layer(last_layer) as captured, autocast(precision, y.device), recording:
                 output = functional_call(model, scratch, inputs, strict=False)
             logits = full_precision(output)
             if loss_fn is per_sample_cross_entropy:
@@ -264,7 +270,7 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
         if not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).sum())
             raise NonFiniteLossError("training loss", f"{bad} of {losses.shape[0]} samples")
-    extras = ModeInputs(rng_state=rng_state, logits=logits)
+    extras = ModeInputs(rng_state=rng_state, logits=logits, primals=primals)
     if last_layer is not None:
         if len(captured) != 1:
             raise ValueError(f"last-layer mode: the final linear layer ran {len(captured)} times")

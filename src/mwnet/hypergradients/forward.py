@@ -6,6 +6,7 @@ along u at w is the vector s, and ∂L_meta/∂ṽ = −s. No create_graph, no s
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -24,13 +25,15 @@ def forward_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeInput
         scale = problem.loss_scale  # the tangent is linear in u: carry S·u through half precision, divide after
         if scale != 1.0:
             direction = {k: d * scale for k, d in direction.items()}
-            return -directional_derivative(problem, direction, extras.rng_state) / scale, meta_loss
-        return -directional_derivative(problem, direction, extras.rng_state), meta_loss
+            return -directional_derivative(problem, direction, extras) / scale, meta_loss
+        return -directional_derivative(problem, direction, extras), meta_loss
 
 
-def directional_derivative(problem: VirtualStep, direction: dict[str, Tensor], rng_state: dict | None) -> Tensor:
-    """⟨∇w ℓᵢ(w), u⟩ for all i from one dual pass over the training batch (same dropout masks)."""
-    with fwAD.dual_level(), replayed_rng(rng_state), warnings.catch_warnings():
+def directional_derivative(problem: VirtualStep, direction: dict[str, Tensor], extras: ModeInputs) -> Tensor:
+    """⟨∇w ℓᵢ(w), u⟩ for all i from one dual pass over the training batch (same dropout masks); with the first
+    forward's primals recorded, convolutions and linear layers compute only their tangents."""
+    replay = extras.primals.replaying() if extras.primals is not None else contextlib.nullcontext()
+    with fwAD.dual_level(), replayed_rng(extras.rng_state), replay, warnings.catch_warnings():
         # torch's first forward-AD call scripts its jvp decompositions and warns that torch.jit is deprecated.
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
         dual = {k: fwAD.make_dual(p.detach(), direction[k]) for k, p in problem.params.items()}

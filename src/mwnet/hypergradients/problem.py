@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from mwnet.distributed import Shards
 from mwnet.errors import NonFiniteLossError
+from mwnet.hypergradients.tangents import PrimalCache
 from mwnet.losses import LossFn
 from mwnet.precision import autocast, full_precision
 
@@ -81,6 +82,8 @@ class ModeInputs:
         features: (n, d) its input on x, detached ("last-layer").
         logits: its output on x, with the graph that produced the losses ("last-layer").
         epsilon: relative step of "finite-difference".
+        primals: the first forward's convolution and linear outputs, so that the dual pass of "forward" computes
+            only their tangents (mwnet.hypergradients.tangents); None runs the full dual forward.
     """
 
     rng_state: dict | None = None
@@ -88,6 +91,7 @@ class ModeInputs:
     features: Tensor | None = None
     logits: Tensor | None = None
     epsilon: float = 1e-4
+    primals: PrimalCache | None = None
 
 
 #: A mode: (problem, detached normalised weights ṽ (n,), extras) → (∂L_meta/∂ṽ (n,), L_meta(ŵ) detached).
