@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_states_close, make_cnn
 from torch import nn
 
+from conftest import assert_states_close, make_cnn
 from mwnet import MetaReweighter, MetaWeightNet
 from mwnet.hypergradients import tangents
 
