@@ -58,7 +58,7 @@ def test_report_structure_on_a_tiny_run():
     rows = lines[start + 2:start + 2 + len(METHODS)]
     assert [r.split(" | ")[0] for r in rows] == [
         "| plain CE training", "| official algorithm (yardstick)", "| mwnet forward (default)",
-        "| mwnet double-backward", "| mwnet finite-difference", "| mwnet last-layer",
+        "| mwnet forward, full dual pass", "| mwnet double-backward", "| mwnet finite-difference", "| mwnet last-layer",
         "| mwnet meta_interval=2 (forward)", "| mwnet last-layer, meta_interval=2"]
     assert rows[0].split(" | ")[5] == "1.00"
     assert all(len(r.split(" | ")) == 7 for r in rows)

@@ -22,9 +22,10 @@ from mwnet.reference import official_step
 from mwnet.weighting import MetaWeightNet
 
 # The rows of every table, in order. "interval" is meta_interval=k with the default (forward) hypergradient;
-# "last-layer-interval" combines the two fast modes (last-layer hypergradient every k-th step).
-METHODS: tuple[str, ...] = ("ce", "official", "forward", "double-backward", "finite-difference", "last-layer",
-                            "interval", "last-layer-interval")
+# "last-layer-interval" combines the two fast modes (last-layer hypergradient every k-th step); "forward-full-dual"
+# is the default mode with tangent_only=False (the dual pass recomputes every primal), to show what reuse saves.
+METHODS: tuple[str, ...] = ("ce", "official", "forward", "forward-full-dual", "double-backward", "finite-difference",
+                            "last-layer", "interval", "last-layer-interval")
 # Every row the benchmark knows: the above, then the peers' optional rows (skipped when their package is missing).
 ALL_METHODS: tuple[str, ...] = METHODS + PEER_METHODS
 _MWNET_MODES = ("forward", "double-backward", "finite-difference", "last-layer")
@@ -47,6 +48,7 @@ def method_label(method: str, interval: int = 5) -> str:
         "ce": "plain CE training",
         "official": "official algorithm (yardstick)",
         "forward": "mwnet forward (default)",
+        "forward-full-dual": "mwnet forward, full dual pass",
         "double-backward": "mwnet double-backward",
         "finite-difference": "mwnet finite-difference",
         "last-layer": "mwnet last-layer",
@@ -61,9 +63,9 @@ def method_kind(method: str) -> str:
     if method in PEERS:
         return PEERS[method].hypergradient
     return {"ce": "none", "official": "exact (2nd-order backward)", "forward": "exact (forward-mode)",
-            "double-backward": "exact (2nd-order backward)", "finite-difference": "approximate",
-            "last-layer": "approximate (last layer)", "interval": "exact, every k-th step",
-            "last-layer-interval": "approximate, every k-th step"}[method]
+            "forward-full-dual": "exact (forward-mode)", "double-backward": "exact (2nd-order backward)",
+            "finite-difference": "approximate", "last-layer": "approximate (last layer)",
+            "interval": "exact, every k-th step", "last-layer-interval": "approximate, every k-th step"}[method]
 
 
 def describe_sgd(settings: dict[str, float | bool]) -> str:
@@ -148,12 +150,14 @@ def build_runners(model: nn.Module, batches: tuple[Tensor, Tensor, Tensor, Tenso
             runners[method] = Runner(method, net, peer.optimizer, wnet, peer.weight_optimizer,
                                      _under_autocast(peer.step, precision, device))
             continue
-        mode = {"interval": "forward", "last-layer-interval": "last-layer"}.get(method, method)
+        mode = {"interval": "forward", "last-layer-interval": "last-layer", "forward-full-dual": "forward"}.get(
+            method, method)
         if mode not in _MWNET_MODES:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
         periodic = method in ("interval", "last-layer-interval")
         rw = MetaReweighter(net, opt, wnet, wopt, normalize=NORMALIZE, hypergradient=mode,
-                            meta_interval=interval if periodic else 1, precision=precision)
+                            meta_interval=interval if periodic else 1, precision=precision,
+                            tangent_only=method != "forward-full-dual")
 
         def mwnet_step(rw=rw) -> None:
             rw.step(x, y, x_meta, y_meta)

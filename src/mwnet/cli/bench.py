@@ -35,8 +35,8 @@ def register(subparsers) -> None:
     speed.add_argument("--models", default=None, help="comma-separated models [cnn,resnet32, plus wrn28_10 on CUDA]")
     speed.add_argument("--methods", default=None,
                        help="comma-separated rows to time (ce is always timed; a peer whose package is missing is "
-                            "skipped with a note) [all: ce,official,forward,double-backward,finite-difference,"
-                            "last-layer,interval,last-layer-interval,higher,torchopt,betty]")
+                            "skipped with a note) [all: ce,official,forward,forward-full-dual,double-backward,"
+                            "finite-difference,last-layer,interval,last-layer-interval,higher,torchopt,betty]")
     speed.add_argument("--batch-size", type=int, default=100, help="train batch size [%(default)s]")
     speed.add_argument("--meta-batch-size", type=int, default=None, help="meta batch size [the train batch size]")
     speed.add_argument("--steps", type=int, default=15, help="timed steps per method [%(default)s]")
