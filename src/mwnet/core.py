@@ -76,7 +76,7 @@ class MetaReweighter:
             the noisy-label scripts ["detached"]. "attached": as the authors' long-tail script, V's input stays
             attached to w there, so the virtual step moves w along Σᵢ cᵢ ∇ℓᵢ with cᵢ = ∂(Σⱼ ṽⱼℓⱼ)/∂ℓᵢ =
             [vᵢ + V′(ℓᵢ)(ℓᵢ − L̄)] / Σv for "sum" (L̄ = Σ ṽⱼℓⱼ), (vᵢ + V′(ℓᵢ)ℓᵢ) / n for "mean". The real update
-            is the same in both (docs/algorithm.md, "Differences from the authors' scripts").
+            is the same in both (docs/algorithm.md, "The loss V sees in the virtual step").
         group: the torch.distributed process group whose ranks hold shards of one global batch [the default
             group, when initialised with more than one rank]. The model may be passed plain or wrapped in
             DistributedDataParallel; every rank ends each step with the same parameters (docs/distributed.md).
@@ -237,7 +237,7 @@ class MetaReweighter:
             else:  # the same sum over every rank's samples, through the shared Z
                 hyper = weight_net_gradient(outputs, theta, sensitivity.to(outputs.dtype), normalizer,
                                             self.normalize, first.shards)
-            if not all(torch.isfinite(g).all() for g in hyper):
+            if not torch.isfinite(torch.cat([g.reshape(-1) for g in hyper])).all():  # one host sync for all of Θ
                 raise NonFiniteLossError("hypergradient for the weight net")
             restore = undo_point(self.weight_net, self.weight_optimizer)
             for p, g in zip(theta, hyper):
@@ -245,12 +245,9 @@ class MetaReweighter:
             self.weight_optimizer.step()
             with torch.no_grad():
                 new_weights = self._weights(losses, first.targets)
-            # Under several ranks a non-finite weight shows in the global loss of the real update instead, so
-            # that every rank refuses the step together.
-            if first.shards is None and not torch.isfinite(new_weights).all():
-                restore()
-                raise NonFiniteLossError("sample weights after the weight-net update")
-        return Weighting(self._normalized(new_weights, first), new_weights, float(meta_loss), True, restore)
+        # A non-finite new weight shows in the real update's loss, checked (once) before the optimizer steps; the
+        # step then calls `restore`.
+        return Weighting(self._normalized(new_weights, first), new_weights, meta_loss, True, restore)
 
     def _sensitivity(self, first: FirstForward, weights: Tensor) -> tuple[Tensor, Tensor]:
         """∂L_meta/∂ṽ by the chosen mode; "forward" falls back once to "double-backward" where an op has no

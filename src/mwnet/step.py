@@ -74,6 +74,10 @@ class StepOptions:
             and an overflow skips the step (StepResult.skipped) [None].
         group: the torch.distributed process group whose ranks hold shards of one global batch [default group].
         traffic: counts this rank's collectives and bytes.
+        loss_terms: k when loss_fn returns (n, k) loss *terms* per sample instead of (n,) losses; the rule then
+            gives one coefficient per term (normalized (n, k)) and the real loss is Σᵢⱼ cᵢⱼ ℓᵢⱼ, the virtual step
+            alike (CMW-Net-SL: a sample's loss on its label and on a teacher's soft label, mwnet.label_correction;
+            the "last-layer" hypergradient needs one loss per sample) [None: (n,) losses].
     """
 
     loss_fn: LossFn = per_sample_cross_entropy
@@ -82,6 +86,7 @@ class StepOptions:
     scaler: Any = None
     group: dist.ProcessGroup | None = None
     traffic: Traffic | None = None
+    loss_terms: int | None = None
 
 
 @dataclass
@@ -128,7 +133,7 @@ class Weighting:
 
     normalized: Tensor
     reported: Tensor
-    meta_loss: float = math.nan
+    meta_loss: float | Tensor = math.nan
     meta_updated: bool = False
     rollback: Callable[[], None] = field(default=lambda: None)
 
@@ -189,7 +194,10 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
                 real_loss_total = global_sum(real_loss.detach(), shards)
                 if not torch.isfinite(real_loss_total):
                     raise NonFiniteLossError("weighted training loss", str(float(real_loss_total)))
-            elif shards is None and not torch.isfinite(real_loss):
+            elif shards is None and not torch.isfinite(real_loss):  # the one check of the weights and the loss
+                if not torch.isfinite(weighting.normalized).all():
+                    what = "sample weights after the weight-net update" if weighting.meta_updated else "sample weights"
+                    raise NonFiniteLossError(what)
                 raise NonFiniteLossError("weighted training loss", str(float(real_loss.detach())))
             if zero_grad:
                 optimizer.zero_grad()
@@ -211,9 +219,12 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
                 buffer.copy_(scratch[name])
         if shards is not None:
             shards.broadcast_buffers(module)
-    return StepResult(loss=float(real_loss.detach()), meta_loss=float(weighting.meta_loss),
-                      weights=weighting.reported.detach(), losses=losses.detach(), logits=detached(output),
-                      meta_updated=weighting.meta_updated)
+    # Both reported numbers in one host sync.
+    device = real_loss.device
+    loss, meta_loss = torch.stack([real_loss.detach().double(), torch.as_tensor(
+        weighting.meta_loss, dtype=torch.float64, device=device).reshape(())]).tolist()
+    return StepResult(loss=loss, meta_loss=meta_loss, weights=weighting.reported.detach(), losses=losses.detach(),
+                      logits=detached(output), meta_updated=weighting.meta_updated)
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, params: dict[str, Tensor], options: StepOptions) -> bool:
@@ -264,8 +275,10 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
         except (RuntimeError, IndexError, TypeError) as exc:  # wrong dtypes, devices, shapes, output types
             raise ValueError(f"the model or loss_fn failed on the training batch ({describe(inputs, y)}): "
                              f"{first_line(exc)}") from exc
-        if not isinstance(losses, Tensor) or losses.shape != y.shape[:1]:
-            raise ValueError(f"loss_fn must return per-sample losses of shape ({y.shape[0]},), "
+        shape = y.shape[:1] if options.loss_terms is None else (y.shape[0], options.loss_terms)
+        if not isinstance(losses, Tensor) or losses.shape != shape:
+            what = "losses" if options.loss_terms is None else "loss terms"
+            raise ValueError(f"loss_fn must return per-sample {what} of shape {tuple(shape)}, "
                              f"got {tuple(getattr(losses, 'shape', ())) or type(losses).__name__}")
         if not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).sum())

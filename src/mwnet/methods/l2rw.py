@@ -65,7 +65,7 @@ class LearningToReweight(Method):
             raw = (-sensitivity.detach().to(first.losses.dtype)).clamp_min(0)
             total = global_sum(raw.sum(), first.shards)
             weights = raw / torch.where(total > 0, total, torch.ones_like(total))
-            return Weighting(weights, weights * first.global_size, float(meta_loss), meta_updated=True)
+            return Weighting(weights, weights * first.global_size, meta_loss, meta_updated=True)
 
         return reweighted_step(self.model, self.optimizer, x, y, rule, meta=(x_meta, y_meta))
 
