@@ -6,8 +6,12 @@ folder on sys.path (tests/ has no __init__.py), and the module it imports is the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -64,3 +68,45 @@ def assert_states_close(a: nn.Module | Mapping[str, Tensor], b: nn.Module | Mapp
             assert err <= tol, f"{key}: max |a − b| = {err:.3g} > {tol:g}"  # NaN fails here too
         else:
             assert torch.equal(ta, tb), key
+
+
+def save_weight_net_run(out: Path, weight_net: nn.Module, *, method: str = "mwnet", normalize: str = "sum") -> Path:
+    """A run directory `out` that holds only what reusing its weight net reads: config.json (method, normalize)
+    and checkpoint.pt with the method's state {"weight_net": V's state_dict}."""
+    from mwnet.experiment.checkpoint import save_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"method": method, "normalize": normalize}))
+    save_checkpoint({"method": {"weight_net": weight_net.state_dict()}}, out / "checkpoint.pt")
+    return out
+
+
+@pytest.fixture
+def required_options(tmp_path: Path) -> Callable[[str], dict[str, Any]]:
+    """Method name → the options it cannot be created without (frozen-vnet: a run directory holding a V)."""
+
+    def options(name: str) -> dict[str, Any]:
+        if name == "frozen-vnet":
+            from mwnet import MetaWeightNet
+
+            torch.manual_seed(3)
+            return {"weight_net_from": str(save_weight_net_run(tmp_path / "v-run", MetaWeightNet(hidden=8)))}
+        return {}
+
+    return options
+
+
+# Digits with 40 % uniform noise, a small MLP, two epochs of MW-Net: a run of a few seconds.
+TINY_NOISY_RUN = {"dataset": "digits", "noise": "uniform:0.4", "meta_per_class": 10, "model": "mlp",
+                  "model_options": {"hidden": [32]}, "epochs": 2, "batch_size": 100, "meta_batch_size": 50,
+                  "device": "cpu", "lr_milestones": [1], "meta_lr": 0.01}
+
+
+@pytest.fixture(scope="session")
+def noisy_digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished mwnet run directory of TINY_NOISY_RUN, trained once per session: copy it before changing it."""
+    from mwnet.experiment import resolve_config, train
+
+    out = tmp_path_factory.mktemp("noisy-digits") / "run"
+    train(resolve_config(None, TINY_NOISY_RUN), out)
+    return out

@@ -74,6 +74,7 @@ def test_human_summary(capsys):
     assert main(["data", "--dataset", "digits", "--noise", "flip:0.2", "--num-meta", "50"]) == 0
     out = capsys.readouterr().out
     assert "sizes        train 1387, meta 50, test 360" in out and "transition matrix" in out
+    assert "\nmeta source  carved from the clean training set\n" in out
 
 
 def test_arrays_dataset(tmp_path, capsys):

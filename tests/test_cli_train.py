@@ -21,7 +21,10 @@ def test_train_end_to_end_then_plot(tmp_path, capsys):
     code, stdout, stderr = run(["train", *TINY, "--out", str(out)], capsys)
     assert code == 0, stderr
     lines = stdout.strip().splitlines()
-    assert lines[0].startswith("epoch 1/2") and lines[1].startswith("epoch 2/2") and lines[-1].startswith("done:")
+    assert lines[0] == "data: digits, 1337 training samples, test 360; meta set of 100: carved from the clean " \
+                       "training set"
+    assert lines[1].startswith("epoch 1/2") and lines[2].startswith("epoch 2/2") and lines[-1].startswith("done:")
+    assert "chosen on the test set" in lines[-1] and "best_model.pt" in lines[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "digits" and summary["method"] == "mwnet" and summary["epochs"] == 2
     assert json.loads((out / "config.json").read_text())["model_options"] == {"hidden": [32]}
@@ -58,6 +61,18 @@ BAD = [
     (["--resume"], "nothing to resume"),
     (["--resume", "--overwrite"], "nothing to resume"),
     (["--device", "gpu"], "device must be auto, cpu, cuda or cuda:N"),
+    (["--labels-csv", "x.csv"], "labels_csv (--labels-csv) applies to folder:PATH data sets only"),
+    (["--trusted-csv", "x.csv"], "trusted_csv (--trusted-csv) applies to folder:PATH data sets only"),
+    (["--json"], "--json applies to --list-presets only"),
+    (["--model", "not a module:f"], "--model not a module:f: must look like module:callable"),
+    (["--model", "mwnet_no_such_module:net"], "no module named 'mwnet_no_such_module'"),
+    (["--model", "mwnet.models:nothing"], "module 'mwnet.models' has no attribute 'nothing'"),
+    (["--model", "mwnet:__version__"], "'__version__' is a str, not a callable"),
+    (["--model", "mwnet.models:list_models"],
+     "calling it with (input_shape, num_classes, hidden) failed: TypeError: list_models() got an unexpected"),
+    (["--virtual-loss", "glued"], "virtual_loss must be one of 'detached', 'attached'"),
+    (["--weight-net-init", "he"], "weight_net_init must be one of 'default', 'xavier'"),
+    (["--hypergradient", "last-layer", "--virtual-loss", "attached"], "needs an exact or finite-difference"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["--device", "cuda"], "CUDA is not available"))
@@ -83,9 +98,48 @@ def test_a_bad_flag_prints_no_traceback_from_the_command_line(tmp_path):
     assert result.stderr.strip().splitlines() == ["mwnet: error: noise rate must be in [0, 1], got 2 in 'flip:2'"]
 
 
+def test_weights_that_rise_with_the_loss_are_a_warning_and_suspects_rank_by_loss(tmp_path, capsys, monkeypatch):
+    import csv
+
+    import numpy as np
+
+    from mwnet.experiment import rundir
+
+    score = rundir._score_training_set
+
+    def rising(*args):  # V trusting high losses, as early in training or on a long tail
+        losses, _ = score(*args)
+        return losses, 1 / (1 + np.exp(-losses))
+
+    monkeypatch.setattr(rundir, "_score_training_set", rising)
+    out = tmp_path / "run"
+    code, _, stderr = run(["train", *TINY, "--epochs", "1", "--out", str(out)], capsys)
+    assert code == 0 and stderr.count("\n") == 1
+    assert stderr.startswith(f"mwnet: warning: {out / 'suspects.csv'}: the learned weights do not decrease with the "
+                             f"loss (Spearman ρ = +1.000)") and stderr.endswith("ranking by loss instead\n")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["suspects_score"] == "loss" and summary["suspects_spearman_weight_loss"] == 1.0
+    assert summary["suspects_warning"] in stderr
+    with open(out / "suspects.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["score"]) for r in rows] == [float(r["loss"]) for r in rows]
+    assert [float(r["loss"]) for r in rows] == sorted((float(r["loss"]) for r in rows), reverse=True)
+
+
 def test_list_presets_and_info(capsys):
     code, stdout, _ = run(["train", "--list-presets"], capsys)
-    assert code == 0 and "paper-cifar10-uniform-40: " in stdout and "fmnist-lt-200: " in stdout
+    lines = stdout.splitlines()
+    assert code == 0 and lines[0].split() == ["preset", "data", "set", "corruption", "meta", "set", "model",
+                                              "schedule", "weight", "net"]
+    assert lines[1:] == sorted(lines[1:])
+    row = next(line for line in lines if line.startswith("paper-cifar10-uniform-40 "))
+    assert row.split()[1:5] == ["cifar10", "uniform:0.4", "1000", "wrn28_10"] and "20000 it, lr 0.1" in row
+    assert next(line for line in lines if line.startswith("fmnist-lt-200 ")).split()[2:6] == [
+        "long", "tail", "IF", "200"]
+    code, stdout, _ = run(["train", "--list-presets", "--json"], capsys)
+    presets = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and len(presets) == len(lines) - 1
+    assert next(p for p in presets if p["name"] == "fmnist-lt-200")["imbalance"] == 200.0
     code, stdout, _ = run(["info", "--no-data"], capsys)
     methods = next(line for line in stdout.splitlines() if line.startswith("methods: "))
     assert code == 0 and {"ce", "mwnet"} <= set(methods[9:].split(", ")) and "torch threads:" in stdout

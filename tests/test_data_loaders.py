@@ -154,6 +154,43 @@ def test_meta_sampler_is_endless_reshuffles_and_resumes():
         MetaSampler(x[:0], y[:0])
 
 
+def test_meta_sampler_takes_a_dataset_or_a_dataloader_and_never_ends():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = torch.randn(7, 3, dtype=torch.float64), torch.arange(7) % 3
+    dataset = TensorDataset(x, y)
+    meta = MetaSampler(dataset, batch_size=3, seed=2)
+    draws = [next(meta) for _ in range(9)]  # three passes of 3, 3, 1
+    assert [len(d[1]) for d in draws] == [3, 3, 1] * 3
+    for i in (0, 3, 6):  # every pass is a permutation of the data set, and the samples stay paired
+        xs, ys = torch.cat([d[0] for d in draws[i:i + 3]]), torch.cat([d[1] for d in draws[i:i + 3]])
+        order = [int(torch.nonzero((x == row).all(1))[0]) for row in xs]
+        assert sorted(order) == list(range(7)) and torch.equal(ys, y[order])
+    assert not torch.equal(draws[0][0], draws[3][0])
+    # Same seed, same batches as the tensor sampler's positions; a saved state resumes at the exact batch.
+    again = MetaSampler(dataset, batch_size=3, seed=2)
+    next(again), next(again)
+    resumed = MetaSampler(dataset, batch_size=3, seed=5)
+    resumed.load_state_dict(again.state_dict())
+    assert all(torch.equal(next(resumed)[0], d[0]) for d in draws[2:])
+
+    loader = MetaSampler(DataLoader(dataset, batch_size=4))  # not shuffled: the order is the loader's
+    got = [next(loader)[1].tolist() for _ in range(5)]
+    assert got == [[0, 1, 2, 0], [1, 2, 0], [0, 1, 2, 0], [1, 2, 0], [0, 1, 2, 0]] and loader.state_dict() == {
+        "passes": 2}
+    pairs = MetaSampler(DataLoader(TensorDataset(x, y, x), batch_size=7))  # (x, y, extra…) batches: x, y taken
+    assert torch.equal(next(pairs)[1], y)
+
+    with pytest.raises(ValueError, match="y must be left out when the meta set is a TensorDataset"):
+        MetaSampler(dataset, y)
+    with pytest.raises(ValueError, match="a DataLoader applies its own transforms"):
+        MetaSampler(DataLoader(dataset), augment=True)
+    with pytest.raises(ValueError, match="the meta set is empty"):
+        MetaSampler(TensorDataset(x[:0], y[:0]))
+    with pytest.raises(ValueError, match="give the meta labels y"):
+        MetaSampler(x)
+
+
 def test_streaming_a_lazy_folder_gives_the_same_batches(tmp_path):
     from PIL import Image
 

@@ -207,3 +207,29 @@ def test_source_noise_never_reaches_the_meta_set():
 def test_bad_requests(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_split(synthetic(), **kwargs)
+
+
+@pytest.mark.parametrize("noise", ["uniform:0.4", "flip2:0.2"])
+def test_long_tail_and_noise_together_meta_first_then_tail_then_noise(noise):
+    ds = synthetic(per_class=1000)
+    both = make_split(ds, noise=noise, imbalance=100, meta_per_class=10, seed=4)
+    tail_only = make_split(ds, imbalance=100, meta_per_class=10, seed=4)
+    meta_only = make_split(ds, meta_per_class=10, seed=4)
+    # 1. The meta set is carved first: the same samples whatever follows, balanced and clean.
+    assert torch.equal(both.meta_index, meta_only.meta_index) and torch.equal(both.meta_index, tail_only.meta_index)
+    assert torch.bincount(both.y_meta, minlength=10).tolist() == [10] * 10
+    assert torch.equal(both.y_meta, ds.y_train[both.meta_index])
+    # 2. Then the long tail, by true class, on what is left: n_max = (10000 − 100)/10; the noise does not move it.
+    assert torch.equal(both.train_index, tail_only.train_index)
+    assert torch.bincount(both.y_true, minlength=10).tolist() == formula(990, 100, 10)
+    # 3. Then the noise on the long-tailed labels: each class's row follows the nominal matrix (4 standard errors).
+    s = summarize_split(both)
+    nominal, empirical = np.array(s["nominal_transition_matrix"]), np.array(s["transition_matrix"], dtype=float)
+    counts = np.array(s["class_counts"])[:, None]
+    assert np.all(np.abs(empirical - nominal) <= 4 * np.sqrt(nominal * (1 - nominal) / counts) + 1e-12)
+    rate = 0.4 * 9 / 10 if noise.startswith("uniform") else 0.2
+    n = len(both.y_true)
+    assert abs(float(both.corrupted.double().mean()) - rate) <= 4 * math.sqrt(rate * (1 - rate) / n)
+    assert torch.equal(both.corrupted, both.y_train != both.y_true)
+    if noise.startswith("uniform"):  # the given labels no longer follow the tail: large classes fill small ones
+        assert s["label_counts"][-1] > 5 * s["class_counts"][-1]

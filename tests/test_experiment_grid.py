@@ -14,9 +14,11 @@ from mwnet.experiment.aggregate import aggregate, write_results
 from mwnet.experiment.config import config_to_dict
 from mwnet.experiment.execution import GridInterrupted, run_grid
 from mwnet.experiment.grid import Cell, grid_from_record, make_grid
+from mwnet.experiment.manifest import record_files
 from mwnet.experiment.markdown import format_cell, format_markdown
 from mwnet.experiment.rundir import run_status
 from mwnet.experiment.signals import TrainingInterrupted
+from mwnet.system import available_cores
 
 S1, S2 = "fmnist-uniform-40", "fmnist-uniform-60"
 
@@ -57,7 +59,7 @@ class FakeTrain:
 def fake(monkeypatch):
     fake = FakeTrain()
     monkeypatch.setattr(execution, "train", fake)
-    monkeypatch.setattr(execution, "check_data", lambda configs: list(configs))
+    monkeypatch.setattr(execution, "check_tasks", lambda tasks: list(tasks))
     return fake
 
 
@@ -99,6 +101,7 @@ def test_finished_cells_are_skipped_interrupted_ones_resumed_and_debris_replaced
     (partial.run_dir(tmp_path) / "checkpoint.pt").write_bytes(b"")
     debris.run_dir(tmp_path).mkdir(parents=True)  # killed before its first checkpoint
     (debris.run_dir(tmp_path) / "config.json").write_text(json.dumps(config_to_dict(grid.config(debris))))
+    record_files(debris.run_dir(tmp_path), ["config.json"])
     assert [run_status(c.run_dir(tmp_path)) for c in (done, partial, debris)] == ["done", "partial", "todo"]
 
     lines = []
@@ -110,7 +113,8 @@ def test_finished_cells_are_skipped_interrupted_ones_resumed_and_debris_replaced
     assert results["cells_done"] == 6 and results["results"][S1]["ce"]["best_test_acc"]["values"] == [50.0]
     record = json.loads((tmp_path / "compare.json").read_text())
     assert record == {"settings": [S1, S2], "methods": ["ce", "mwnet"], "seeds": {"ce": 1, "mwnet": 2},
-                      "overrides": {"epochs": 2}, "commands": ["mwnet compare --test"]}
+                      "overrides": {"epochs": 2}, "commands": ["mwnet compare --test"],
+                      "run_options": {"jobs": 1, "threads": available_cores()}}
     assert "`mwnet compare --test`" in (tmp_path / "results.md").read_text()
 
     fake.calls.clear()  # a second run has nothing to do
@@ -138,10 +142,10 @@ def test_cells_of_another_protocol_are_refused_before_anything_is_written(tmp_pa
 
 
 def test_a_missing_data_set_fails_before_anything_is_written(tmp_path, monkeypatch):
-    def missing(configs):
+    def missing(tasks):
         raise FileNotFoundError("no fashion-mnist here")
 
-    monkeypatch.setattr(execution, "check_data", missing)
+    monkeypatch.setattr(execution, "check_tasks", missing)
     with pytest.raises(FileNotFoundError):
         run_grid(make_grid([S1], ["ce"]), tmp_path / "out")
     assert not (tmp_path / "out").exists()

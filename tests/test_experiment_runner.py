@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mwnet.experiment.config import resolve_config
+from mwnet.experiment.manifest import record_files
 from mwnet.experiment.metrics import auroc, per_class_accuracy, weight_statistics
 from mwnet.experiment.runner import train
 
@@ -90,14 +91,54 @@ def test_run_directory_holds_every_output(mwnet_run):
 
     with open(out / "suspects.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["rank", "index", "given_label", "weight", "loss", "true_label", "corrupted"]
+    assert list(rows[0]) == ["rank", "index", "source_id", "given_label", "score", "weight", "loss", "is_issue",
+                             "true_label", "corrupted"]
     assert len(rows) == summary["train_size"] == len({r["index"] for r in rows})
+    # V decreases with the loss after two epochs here, so the ranking is by weight (score = 1 − v), said so.
+    assert summary["suspects_score"] == "weight" and summary["suspects_warning"] is None
+    assert summary["suspects_spearman_weight_loss"] < 0
     weights = [float(r["weight"]) for r in rows]
     assert weights == sorted(weights)
+    assert all(float(r["score"]) == pytest.approx(1 - float(r["weight"]), abs=2e-6) for r in rows)
+    issues = [r["is_issue"] == "1" for r in rows]
+    assert sum(issues) == summary["suspects_num_issues"] > 0 and issues == sorted(issues, reverse=True)
+    # source_id is the sample's row in scikit-learn's digits arrays: the image there is the one trained on.
+    from sklearn.datasets import load_digits
+
+    from mwnet.data import load_dataset
+    digits, ds = load_digits(), load_dataset("digits")
+    for row in rows[:20]:
+        index, source = int(row["index"]), int(row["source_id"])
+        assert int(digits.target[source]) == int(row["true_label"])
+        assert np.array_equal(ds.x_train[index].reshape(-1).numpy(), np.round(digits.data[source] * 255 / 16))
     # Low weights should be mostly corrupted samples: the top of the list is worth a look.
     top = rows[: len(rows) // 10]
     assert np.mean([r["corrupted"] == "1" for r in top]) > summary["noise_rate_actual"]
     assert all((r["given_label"] != r["true_label"]) == (r["corrupted"] == "1") for r in rows)
+
+
+def test_the_model_selected_on_the_meta_set_is_saved_and_the_test_set_best_is_labelled(mwnet_run):
+    import torch
+
+    from mwnet.data import BatchLoader, load_dataset
+    from mwnet.experiment.loop import evaluate
+    from mwnet.experiment.selection import load_selected_model
+
+    out, summary = mwnet_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: (r["meta_set_acc"], -r["meta_set_loss"], -r["epoch"]))
+    assert summary["selected_epoch"] == best["epoch"] == records[-1]["selected_epoch"]
+    assert summary["selected_meta_acc"] == best["meta_set_acc"] and summary["selected_test_acc"] == best["test_acc"]
+    assert summary["selected_model"] == "best_model.pt" and "never on the test set" in summary["selected_on"]
+    assert "chosen on the test set" in summary["best_test_acc_note"]
+    # best_model.pt holds only tensors, numbers and strings, and is the model that scored those accuracies.
+    raw = torch.load(out / "best_model.pt", weights_only=True)
+    assert raw["epoch"] == best["epoch"] and raw["input_shape"] == [1, 8, 8] and raw["num_classes"] == 10
+    model, info = load_selected_model(out)
+    ds = load_dataset("digits")
+    test = BatchLoader(ds.x_test, ds.y_test, batch_size=500, shuffle=False, mean=info["mean"], std=info["std"])
+    assert evaluate(model, test, 10)["acc"] == pytest.approx(summary["selected_test_acc"], abs=1e-4)
+    assert not model.training
 
 
 def test_an_existing_run_is_refused_and_overwrite_only_replaces_run_files(mwnet_run, tmp_path):
@@ -108,6 +149,7 @@ def test_an_existing_run_is_refused_and_overwrite_only_replaces_run_files(mwnet_
         train(resolve_config(None, TINY), tmp_path / "empty", resume=True)
     assert not (tmp_path / "empty").exists()
     (tmp_path / "notes.txt").write_text("mine")
+    record_files(tmp_path, ["summary.json"])  # a run (its manifest), and a file of the user's beside it
     (tmp_path / "summary.json").write_text("{}")
     summary = train(resolve_config(None, {**TINY, "method": "ce", "epochs": 1, "imbalance": 5.0, "noise": None}),
                     tmp_path, overwrite=True)
@@ -122,6 +164,10 @@ def test_an_existing_run_is_refused_and_overwrite_only_replaces_run_files(mwnet_
     assert "true_label" not in rows[0]
     losses = [float(r["loss"]) for r in rows]
     assert losses == sorted(losses, reverse=True)
+    assert summary["suspects_score"] == "loss" and summary["suspects_warning"] is None
+    # V ≡ 1 says nothing: no weighting-function figure; the per-class figure groups by the (verified) labels.
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["test_accuracy.png", "weight_distribution.png"]
+    assert record["classes_by"] == "true"
 
 
 def test_lr_schedule_counted_in_iterations_with_a_truncated_last_epoch(tmp_path):
@@ -194,6 +240,15 @@ def test_resume_after_sigkill_and_ctrl_c_reproduces_metrics_byte_for_byte(tmp_pa
     summary = json.loads((interrupted / "summary.json").read_text())
     assert summary["resumes"] == 2 and summary["best_test_acc"] == json.loads(
         (reference / "summary.json").read_text())["best_test_acc"]
+    # The model selected on the meta set comes out the same, weight for weight.
+    import torch
+
+    from conftest import assert_states_close
+
+    for run in (killed, interrupted):
+        got, want = (torch.load(d / "best_model.pt", weights_only=True) for d in (run, reference))
+        assert got["epoch"] == want["epoch"] and got["meta_set_acc"] == want["meta_set_acc"]
+        assert_states_close(got["model"], want["model"])
 
 
 def test_a_diverging_run_is_reported_not_crashed(tmp_path):

@@ -16,7 +16,6 @@ from sklearn.mixture import GaussianMixture
 
 from conftest import make_mlp
 from mwnet import MetaWeightNet
-from mwnet.experiment import resolve_config, train
 from mwnet.experiment.metrics import auroc
 from mwnet.label_issues import (
     LabelIssues,
@@ -28,11 +27,6 @@ from mwnet.label_issues import (
     rank_label_issues,
     spearman,
 )
-
-# Digits with 40 % uniform noise, a small MLP, two epochs: a run of a few seconds.
-TINY = {"dataset": "digits", "noise": "uniform:0.4", "meta_per_class": 10, "model": "mlp",
-        "model_options": {"hidden": [32]}, "epochs": 2, "batch_size": 100, "meta_batch_size": 50, "device": "cpu",
-        "lr_milestones": [1], "meta_lr": 0.01}
 
 
 def test_a_hand_made_case_ranks_as_computed_by_hand():
@@ -182,11 +176,9 @@ def test_rank_label_issues_scores_a_model_in_eval_mode_from_tensors_or_batches()
     assert model.training
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    train(resolve_config(None, TINY), out)
-    return out
+@pytest.fixture
+def run_dir(noisy_digits_run):
+    return noisy_digits_run
 
 
 def _corrupted_by_index(out):

@@ -56,9 +56,9 @@ def test_registry_lists_the_built_in_methods():
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_every_method_steps_checkpoints_and_reports(name):
+def test_every_method_steps_checkpoints_and_reports(name, required_options):
     model, optimizer = model_and_optimizer()
-    method = create_method(name, model, optimizer, context())
+    method = create_method(name, model, optimizer, context(), **required_options(name))
     before = [p.detach().clone() for p in model.parameters()]
     result = step(method, batches())
     assert isinstance(result, StepResult)
@@ -75,7 +75,7 @@ def test_every_method_steps_checkpoints_and_reports(name):
 
     # A method restored from state_dict (with model and optimizer restored by the caller) continues identically.
     model2, optimizer2 = model_and_optimizer(seed=5)
-    twin = create_method(name, model2, optimizer2, context())
+    twin = create_method(name, model2, optimizer2, context(), **required_options(name))
     model2.load_state_dict(model.state_dict())
     optimizer2.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     twin.load_state_dict(copy.deepcopy(method.state_dict()))
@@ -100,22 +100,41 @@ def test_ce_is_one_sgd_step_on_mean_cross_entropy():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
-def test_mwnet_method_is_exactly_a_meta_reweighter(optimizer_name):
+@pytest.mark.parametrize("name", ["ce", "focal", "class-balanced"])
+def test_supervised_methods_keep_a_frozen_batch_norm_backbone_frozen(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Linear(D, 6), nn.BatchNorm1d(6), nn.ReLU()), nn.Linear(6, K))
+    model[0].eval()  # the fine-tuning recipe: backbone statistics frozen, the whole model in train mode
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    frozen = {k: v.clone() for k, v in model[0][1].named_buffers()}
+    first = model[0][0].weight.detach().clone()
+    method = create_method(name, model, optimizer, context())
+    for seed in (1, 2):
+        step(method, batches(seed))
+    assert model.training and not model[0].training and not model[0][1].training
+    assert all(torch.equal(dict(model[0][1].named_buffers())[k], v) for k, v in frozen.items())
+    assert not torch.equal(model[0][0].weight, first)  # the backbone's weights still train
+
+
+@pytest.mark.parametrize(("optimizer_name", "virtual_loss", "init"),
+                         [("sgd", "detached", "default"), ("adam", "detached", "default"),
+                          ("sgd", "attached", "xavier")])
+def test_mwnet_method_is_exactly_a_meta_reweighter(optimizer_name, virtual_loss, init):
     options = {"normalize": "mean", "meta_lr": 0.3, "meta_optimizer": optimizer_name, "meta_weight_decay": 1e-3,
-               "weight_net_hidden": 6, "meta_nesterov": False, "meta_momentum": 0.5}
+               "weight_net_hidden": 6, "meta_nesterov": False, "meta_momentum": 0.5, "virtual_loss": virtual_loss,
+               "weight_net_init": init}
     model, optimizer = model_and_optimizer()
     torch.manual_seed(9)
     method = create_method("mwnet", model, optimizer, context(), **options)
 
     ref_model, ref_optimizer = model_and_optimizer()
     torch.manual_seed(9)
-    wnet = MetaWeightNet(hidden=6)
+    wnet = MetaWeightNet(hidden=6, init=init)
     if optimizer_name == "sgd":
         wopt = torch.optim.SGD(wnet.parameters(), lr=0.3, momentum=0.5, weight_decay=1e-3)
     else:
         wopt = torch.optim.Adam(wnet.parameters(), lr=0.3, weight_decay=1e-3)
-    reference = MetaReweighter(ref_model, ref_optimizer, wnet, wopt, normalize="mean")
+    reference = MetaReweighter(ref_model, ref_optimizer, wnet, wopt, normalize="mean", virtual_loss=virtual_loss)
     for seed in (1, 2, 3):
         got, want = step(method, batches(seed)), reference.step(*batches(seed))
         torch.testing.assert_close(got.weights, want.weights, rtol=0, atol=0)

@@ -49,6 +49,19 @@ def training_mode(model: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (for evaluation or scoring), then every sub-module's mode exactly as it was: `model.train(True)`
+    afterwards would also switch a frozen batch-norm backbone back to train mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 def check_owned(optimizer: torch.optim.Optimizer, module: nn.Module, what: str, owner: str) -> None:
     ids = {id(p) for p in module.parameters()}
     for group in optimizer.param_groups:

@@ -17,7 +17,7 @@ from typing import Any
 from mwnet import __version__
 
 # Modules that contribute sub-commands, in the order `mwnet --help` lists them.
-_COMMAND_MODULES = ("train", "demo", "data", "compare", "bench", "plot", "info")
+_COMMAND_MODULES = ("train", "demo", "data", "compare", "label_issues", "bench", "plot", "info")
 
 
 class CLIError(Exception):
@@ -38,7 +38,7 @@ def add_command(subparsers: Any, doc: str | None, run: Callable[[argparse.Namesp
     shows; the paragraph after it is the description `mwnet NAME --help` shows.
     """
     first, _, rest = (doc or "").strip().partition("\n")
-    match = re.fullmatch(r"`mwnet (\w+)[^`]*`: (.+?)\.?", first)
+    match = re.fullmatch(r"`mwnet ([\w-]+)[^`]*`: (.+?)\.?", first)
     if match is None:
         raise TypeError(f"a command module's docstring must start with \"`mwnet NAME`: HELP.\", got {first!r}")
     name, help_text = match.groups()
@@ -63,23 +63,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from mwnet.experiment.files import first_line
+# Exit codes (docs/reliability.md): 0 done; 2 bad input or environment (one line on stderr, nothing half-written);
+# 3 a run diverged (its results are written and say where); 130 interrupted (Ctrl-C; the runs resume).
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `mwnet ARGV` and return its exit code; every expected failure is one line on stderr."""
+    from mwnet.experiment.files import first_line, os_error_line
+
     try:
-        result = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-        message = first_line(exc)
-        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
-            message = f"{message}: {exc.filename}"
-        print(f"mwnet: error: {message}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            code = int(args.func(args) or 0)
+        except (CLIError, ValueError) as exc:
+            print(f"mwnet: error: {first_line(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except OSError as exc:  # a missing file, a read-only folder, a full disk: which path, and why
+            print(f"mwnet: error: {os_error_line(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        _ignore_sigint()
         print("mwnet: interrupted", file=sys.stderr)
-        return 130
-    return int(result or 0)
+    if code == EXIT_INTERRUPTED:
+        _ignore_sigint()  # a further Ctrl-C while the process winds down must not print a traceback
+    return code
+
+
+def _ignore_sigint() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,8 @@
 
 Run a grid of methods × settings (preset names) × seeds, one run directory per cell
 (OUT/<setting>/<method>/seed<k>/), all settings × methods at seed 0 first. Finished cells are skipped and
-interrupted ones resumed, so the same command continues a grid. Writes OUT/results.md and OUT/results.json (mean ±
+interrupted ones resumed, so the same command continues a grid (with the recorded --jobs and --threads). Exit code
+3 when a cell diverged. Writes OUT/results.md and OUT/results.json (mean ±
 sample std of best and last test accuracy; the best mean of each setting in bold) after every finished cell.
 
     mwnet compare --settings fmnist-uniform-40,fmnist-uniform-60 --methods ce,mwnet,focal --seeds 1 \\
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mwnet.cli import CLIError, add_command
+from mwnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, CLIError, add_command
 from mwnet.cli.flags import add_field_flag, field_doc, flag, key_values, names, print_line
 
 # Fields that have a flag of their own for every cell (any other field: --set KEY=VALUE), and the fields among
@@ -36,8 +37,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seeds-for", metavar="M=K,...", help="per-method seed counts that replace --seeds, "
                         "e.g. ce=3,mwnet=3")
     parser.add_argument("--out", required=True, help="the grid's directory")
-    parser.add_argument("--jobs", type=int, default=1, help="cells trained at once, each in its own process [1]")
-    parser.add_argument("--threads", type=int, help="torch threads per cell [cores // --jobs]")
+    parser.add_argument("--jobs", type=int, help="cells trained at once, each in its own process [as recorded in "
+                        "OUT/compare.json, else 1]")
+    parser.add_argument("--threads", type=int, help="torch threads per cell [as recorded in OUT/compare.json, else "
+                        "cores // --jobs]; CPU numbers depend on it, so a continued grid keeps the recorded one")
     for name in (*_OVERRIDE_FLAGS, *_RUN_FLAGS):
         add_field_flag(parser, name, help=f"{field_doc(name)}, for every cell")
     parser.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
@@ -80,19 +83,27 @@ def run(args: argparse.Namespace) -> int:
                            epoch_lines=not args.quiet, log=print_line)
     except GridInterrupted as exc:
         print(f"mwnet: {exc}. Run the same command (or `mwnet compare --out {out}`) to continue.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(f"{results['cells_done']} of {results['cells_total']} cells finished; wrote {out / 'results.md'} and "
           f"{out / 'results.json'}")
+    diverged = [cell for cell in results["cells"] if cell.get("diverged")]
+    if diverged:
+        print(f"mwnet: {len(diverged)} of {results['cells_total']} cells diverged, first "
+              f"{diverged[0]['setting']}/{diverged[0]['method']}/seed{diverged[0]['seed']} (listed in "
+              f"{out / 'results.md'}); exit code {EXIT_DIVERGED}", file=sys.stderr)
+        return EXIT_DIVERGED
     return 0
 
 
 def _grid(args: argparse.Namespace, out: Path) -> Any:
     """The grid from the flags, or the one recorded in OUT/compare.json when no --settings is given."""
+    from mwnet.experiment.config import check_run_length
     from mwnet.experiment.grid import GRID_FILE, grid_from_record, make_grid
 
     run_fields = {name: getattr(args, name) for name in _RUN_FLAGS if getattr(args, name) is not None}
     overrides = {name: getattr(args, name) for name in _OVERRIDE_FLAGS if getattr(args, name) is not None}
     overrides.update(key_values(args.set_values, "--set"))
+    check_run_length(overrides)
     if args.settings is None:
         given = [f for f, v in (("--methods", args.methods), ("--seeds", args.seeds), ("--seeds-for", args.seeds_for))
                  if v is not None] + (["--set / override flags"] if overrides else [])
@@ -138,7 +149,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     for name in ("settings", "methods", "seeds", "seeds_for", *_OVERRIDE_FLAGS, *_RUN_FLAGS, "out", "jobs",
                  "threads"):
         value = getattr(args, name)
-        if value is not None and not (name == "jobs" and value == 1):
+        if value is not None:
             words += [flag(name), str(value)]
     for item in args.set_values:
         words += ["--set", item]

@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     meta = parser.add_mutually_exclusive_group()
     meta.add_argument("--num-meta", type=int, default=None, help="clean meta set size, spread evenly over classes")
     meta.add_argument("--meta-per-class", type=int, default=None, help="clean meta samples per class")
-    add_field_flag(parser, "meta_from_unverified")
+    for name in ("meta_from_unverified", "subsample_meta"):
+        add_field_flag(parser, name)
     parser.add_argument("--train-subset", type=int, default=None,
                         help="use a seeded random subset of this many training samples [all]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the long tail and the noise [0]")
@@ -36,10 +37,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-download", action="store_true", help="never download; fail if the files are absent")
     parser.add_argument("--image-size", type=int, default=None,
                         help="folder:PATH only: resize images to this many pixels square [the first image's size]")
-    parser.add_argument("--labels-csv", metavar="FILE", help="folder:PATH only: training labels as path,label"
-                        "[,trusted] rows [PATH/noisy_labels.csv when present]")
-    parser.add_argument("--trusted-csv", metavar="FILE", help="folder:PATH only: the training images whose label "
-                        "was verified, one path a row")
+    for name in ("labels_csv", "trusted_csv"):
+        add_field_flag(parser, name)
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
 
@@ -53,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
                       image_size=args.image_size, labels_csv=args.labels_csv, trusted_csv=args.trusted_csv)
     split = make_split(ds, noise=args.noise, imbalance=args.imbalance, num_meta=args.num_meta,
                        meta_per_class=args.meta_per_class, train_subset=args.train_subset, seed=args.seed,
-                       meta_from_unverified=bool(args.meta_from_unverified))
+                       meta_from_unverified=bool(args.meta_from_unverified),
+                       subsample_shipped_meta=bool(args.subsample_meta))
     summary = summarize_split(split)
     summary["source"] = ds.source
     if args.json:
@@ -72,6 +72,7 @@ def format_summary(s: dict[str, Any], max_matrix: int = 20) -> str:
         f"sizes        train {s['train_size']}, meta {s['meta_size']}, test {s['test_size']}",
         f"train/class  {' '.join(str(c) for c in s['class_counts'])}",
         f"meta/class   {' '.join(str(c) for c in s['meta_class_counts'])}",
+        f"meta source  {s['meta_source']}",
     ]
     if s["imbalance"] > 1:
         lines.append(f"long tail    IF {s['imbalance']:g} (actual max/min {s['imbalance_actual']:.4g})")

@@ -5,7 +5,8 @@ Train plain cross-entropy and Meta-Weight-Net side by side on Fashion-MNIST with
 figures. Re-running continues or reuses finished runs.
 
 The two runs (OUT/ce, OUT/mwnet) are planned like a grid's cells (`mwnet.experiment.execution.plan_run`): a
-finished run is reused, an interrupted one resumed, one of another config (other --epochs, --seed) replaced.
+finished run is reused, an interrupted one resumed; one of another config (other --epochs, --seed) is replaced only
+with --overwrite (without it, the demo stops before training anything). Exit code 3 when a run diverged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mwnet.cli import add_command
+from mwnet.cli import CLIError, add_command
 
 
 def register(subparsers: Any) -> None:
@@ -26,7 +27,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N [auto]")
     demo.add_argument("--seed", type=int, default=0, help="seed [0]")
     demo.add_argument("--epochs", type=int, help="override the demo's number of epochs")
-    demo.add_argument("--overwrite", action="store_true", help="retrain even where a finished run exists")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the runs in --out: a finished one, or one of another config (only the files "
+                           "mwnet wrote)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
 
 
@@ -34,12 +37,9 @@ _METHODS = (("ce", "CE"), ("mwnet", "MW-Net"))
 
 
 def run(args: argparse.Namespace) -> int:
-    from mwnet.cli.train import train_logged
     from mwnet.experiment.config import resolve_config
-    from mwnet.experiment.execution import plan_run
-    from mwnet.experiment.files import read_json_object
     from mwnet.experiment.grid import run_difference
-    from mwnet.plots import plot_accuracy, read_metrics
+    from mwnet.experiment.lock import RunLock
 
     fashion = _fashion_mnist_available(args.data_dir)
     overrides: dict[str, Any] = {"device": args.device, "seed": args.seed}
@@ -53,12 +53,26 @@ def run(args: argparse.Namespace) -> int:
         print("Fashion-MNIST was not found; running the demo on scikit-learn's 8x8 digits instead "
               "(install it with `make data` or `mwnet data --help`).", flush=True)
     out = Path(args.out)
+    for method, label in _METHODS:  # refuse before anything is trained: no run is ever replaced unasked
+        difference = run_difference(out / method, configs[method])
+        if difference is not None and not args.overwrite:
+            raise CLIError(f"{out / method} holds a {label} run of another config ({difference}): pass --overwrite "
+                           f"to replace it, or give another --out")
+    with RunLock(out):  # one demo at a time in OUT; each run's directory is locked by `train` as well
+        return _train_both(args, out, configs)
+
+
+def _train_both(args: argparse.Namespace, out: Path, configs: dict[str, Any]) -> int:
+    from mwnet.cli.train import exit_code, train_logged
+    from mwnet.experiment.execution import plan_run
+    from mwnet.experiment.files import read_json_object
+    from mwnet.plots import plot_accuracy, read_metrics
+
     summaries = {}
     started = time.perf_counter()
     for method, label in _METHODS:
         config, run_dir = configs[method], out / method
-        restart = args.overwrite or run_difference(run_dir, config) is not None
-        task = plan_run(label, config, run_dir, restart=restart)
+        task = plan_run(label, config, run_dir, restart=args.overwrite)
         if task is None:
             print(f"{label}: reusing the finished run in {run_dir} (--overwrite retrains)", flush=True)
             summaries[label] = read_json_object(run_dir / "summary.json")
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                                quiet=args.quiet)
         if summary is None:
             print(f"mwnet: demo interrupted; run `mwnet demo --out {out}` again to continue", file=sys.stderr)
-            return 130
+            return exit_code([None])
         summaries[label] = summary
     elapsed = time.perf_counter() - started
     figure = out / "test_accuracy.png"
@@ -79,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"{elapsed:.0f} s. Figures: {figure}, {out / 'mwnet' / 'figures'}/ (weighting function, weights of clean "
           f"vs corrupted samples); suspected label errors: {out / 'mwnet' / 'suspects.csv'}")
-    return 0
+    return exit_code(list(summaries.values()))
 
 
 def demo_table(summaries: dict[str, dict]) -> str:

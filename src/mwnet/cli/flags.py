@@ -15,13 +15,13 @@ from typing import Any
 
 from mwnet.cli import CLIError
 from mwnet.experiment.config import TrainConfig
-from mwnet.methods.mwnet import MWNetOptions
+from mwnet.methods.cmwnet_sl import CMWNetSLOptions
 from mwnet.methods.options import field_types
 
 _TYPES = field_types(TrainConfig)
 _DOCS = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(TrainConfig)}
-#: The fields TrainConfig inherits from the mwnet method's options.
-WEIGHT_NET_FIELDS = tuple(f.name for f in dataclasses.fields(MWNetOptions))
+#: The fields TrainConfig inherits from the weight-net methods' options (mwnet, cmwnet, cmwnet-sl).
+WEIGHT_NET_FIELDS = tuple(f.name for f in dataclasses.fields(CMWNetSLOptions))
 
 
 def flag(name: str) -> str:

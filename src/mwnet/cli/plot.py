@@ -17,7 +17,8 @@ from mwnet.cli import add_command
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, __doc__, run)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory written by `mwnet train`")
-    parser.add_argument("--compare", metavar="PNG", help="also write the test accuracy of all runs to this file")
+    parser.add_argument("--compare", metavar="PNG", help="also write the test accuracy of all runs to this file (.png "
+                        "added when it has no suffix; a directory gets compare_test_accuracy.png)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,12 +30,21 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no such run directory: {run_dir}")
         if not read_metrics(run_dir):
             raise ValueError(f"{run_dir / 'metrics.jsonl'} holds no epoch yet")
-    if args.compare and not Path(args.compare).parent.is_dir():
-        raise FileNotFoundError(f"no such directory for --compare: {Path(args.compare).parent}")
+    compare = _compare_path(Path(args.compare)) if args.compare else None
+    if compare is not None and not compare.parent.is_dir():
+        raise FileNotFoundError(f"no such directory for --compare: {compare.parent}")
     for run_dir in run_dirs:
         for path in plot_run(run_dir):
             print(path)
-    if args.compare:
-        plot_accuracy({f"{run_title(d)} [{d.name}]": read_metrics(d) for d in run_dirs}, args.compare)
-        print(args.compare)
+    if compare is not None:
+        plot_accuracy({f"{run_title(d)} [{d.name}]": read_metrics(d) for d in run_dirs}, compare)
+        print(compare)
     return 0
+
+
+def _compare_path(path: Path) -> Path:
+    """The file --compare writes: PATH itself, PATH.png when it has no suffix, DIR/compare_test_accuracy.png for a
+    directory (printed as written)."""
+    if path.is_dir():
+        return path / "compare_test_accuracy.png"
+    return path if path.suffix else path.with_name(path.name + ".png")

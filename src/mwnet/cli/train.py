@@ -2,7 +2,9 @@
 
 Train one configuration. A --preset sets the paper's (or our Fashion-MNIST protocol's) values; every flag
 overrides it, a flag left out keeps the preset's (or the default) value. Writes config.json, metrics.jsonl,
-summary.json, checkpoint.pt, suspects.csv and figures/ into --out.
+summary.json, checkpoint.pt, best_model.pt (chosen on the meta set), suspects.csv and figures/ into --out. The first
+line says where the meta set came from; a ranking of suspects that had to fall back to the loss is one warning
+line on stderr.
 
 Every TrainConfig field is a flag, with its type and help from the field's declaration.
 """
@@ -30,9 +32,12 @@ _FLAG_FIELDS = tuple(sorted((f.name for f in dataclasses.fields(TrainConfig) if 
 def register(subparsers: Any) -> None:
     parser = add_command(subparsers, __doc__, run)
     parser.add_argument("--preset", help="start from this preset (see --list-presets)")
-    parser.add_argument("--list-presets", action="store_true", help="print the presets and their values, then exit")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets as a table, then exit")
+    parser.add_argument("--json", action="store_true", help="with --list-presets: one JSON object a line (name and "
+                        "the preset's values) instead of the table")
     parser.add_argument("--config", metavar="FILE", help="start from a config.json (e.g. of an earlier run)")
-    weight_net = parser.add_argument_group("weight net (method mwnet; --hypergradient also for l2rw)")
+    weight_net = parser.add_argument_group("weight net (methods mwnet, cmwnet, cmwnet-sl; --hypergradient also for "
+                                                         "l2rw)")
     for name in _FLAG_FIELDS:
         add_field_flag(weight_net if name in WEIGHT_NET_FIELDS else parser, name)
     parser.add_argument("--lr-milestones", metavar="M1,M2", help=f"{field_doc('lr_milestones')} (comma-separated; "
@@ -50,14 +55,26 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mwnet.experiment.config import apply_overrides, load_config, resolve_config, validate_config
+    from mwnet.experiment.config import (
+        apply_overrides,
+        check_run_length,
+        load_config,
+        resolve_config,
+        validate_config,
+    )
     from mwnet.experiment.presets import PRESETS
 
     if args.list_presets:
-        for name in sorted(PRESETS):
-            print(f"{name}: {json.dumps(PRESETS[name])}")
+        if args.json:
+            for name in sorted(PRESETS):
+                print(json.dumps({"name": name, **PRESETS[name]}))
+        else:
+            print(preset_table())
         return 0
+    if args.json:
+        raise CLIError("--json applies to --list-presets only")
     overrides = _overrides(args)
+    check_run_length(overrides)
     out = Path(args.out) if args.out else _default_out(args.preset, overrides)
     if args.resume:
         # The saved run is the base; flags may only repeat its values (train() checks) or change the device.
@@ -75,9 +92,29 @@ def run(args: argparse.Namespace) -> int:
         validate_config(config)
     else:
         config = resolve_config(args.preset, overrides)
+    if (args.resume or args.config) and ":" in config.model and "model" not in overrides:
+        source = out / "config.json" if args.resume else args.config
+        raise CLIError(f"{source} names your own model {config.model!r}: give --model {config.model} to import it "
+                       f"(mwnet imports no code that a file names)")
     summary = train_logged(config, out, resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard,
                            quiet=args.quiet)
-    return 130 if summary is None else 0
+    return exit_code([summary])
+
+
+def exit_code(summaries: list[dict | None]) -> int:
+    """The exit code of runs that ended with these summaries (None: interrupted): 130 if one was interrupted,
+    3 if one diverged (named on stderr: its files are written, but a script must notice), else 0."""
+    from mwnet.cli import EXIT_DIVERGED, EXIT_INTERRUPTED
+
+    if any(summary is None for summary in summaries):
+        return EXIT_INTERRUPTED
+    diverged = [s for s in summaries if s and s.get("diverged")]
+    for summary in diverged:
+        where = summary["diverged"]
+        print(f"mwnet: the {summary.get('method')} run diverged in epoch {where['epoch']} at iteration "
+              f"{where['iteration']} ({where['error']}); its files say so (summary.json: diverged); exit code "
+              f"{EXIT_DIVERGED}", file=sys.stderr)
+    return EXIT_DIVERGED if diverged else 0
 
 
 def train_logged(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, tensorboard: bool,
@@ -88,12 +125,34 @@ def train_logged(config: TrainConfig, out: Path, *, resume: bool, overwrite: boo
     from mwnet.experiment.signals import TrainingInterrupted
 
     try:
-        return runner.train(config, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
-                            progress=False if quiet else None, log=None if quiet else print_line)
+        summary = runner.train(config, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+                               progress=False if quiet else None, log=None if quiet else print_line)
     except TrainingInterrupted as exc:
         print(f"mwnet: interrupted in epoch {exc.epoch} at iteration {exc.iteration}; checkpoint saved. Resume "
               f"with: mwnet train --out {out} --resume", file=sys.stderr)
         return None
+    if summary.get("suspects_warning"):
+        print(f"mwnet: warning: {out / 'suspects.csv'}: {summary['suspects_warning']}", file=sys.stderr)
+    return summary
+
+
+def preset_table() -> str:
+    """The presets as an aligned table: data, corruption, meta set, model, schedule, weight-net optimiser."""
+    from mwnet.experiment.config import resolve_config
+    from mwnet.experiment.presets import PRESETS
+
+    rows = [("preset", "data set", "corruption", "meta set", "model", "schedule", "weight net")]
+    for name in sorted(PRESETS):
+        c = resolve_config(name)
+        corruption = ", ".join(s for s in (c.noise, f"long tail IF {c.imbalance:g}" if c.imbalance > 1 else "") if s)
+        meta = f"{c.num_meta}" if c.num_meta else f"{c.meta_per_class}/class" if c.meta_per_class else "shipped"
+        length = f"{c.iterations} it" if c.iterations else f"{c.epochs} ep"
+        decay = f", ×{c.lr_gamma:g} at {','.join(map(str, c.lr_milestones))}" if c.lr_milestones else ""
+        data = c.dataset if "dataset" in PRESETS[name] else "give --dataset"
+        rows.append((name, data, corruption or "clean", meta, c.model, f"{length}, lr {c.lr:g}{decay}",
+                     f"{c.meta_optimizer} {c.meta_lr:g}" if c.method == "mwnet" else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

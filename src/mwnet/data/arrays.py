@@ -135,9 +135,19 @@ def _array_inputs(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
     if a.dtype == np.uint8 and a.ndim == 4:
         return torch.from_numpy(np.ascontiguousarray(a))
     if a.ndim in (2, 4) and (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        values = np.ascontiguousarray(a, dtype=np.float32)
+        bad = _count_non_finite(values)
+        if bad:
+            raise ValueError(f"{key} holds {bad} NaN or infinite values (inputs must be finite numbers): {path}")
+        return torch.from_numpy(values)
     raise ValueError(f"{key} must be uint8 images (N, C, H, W) / (N, H, W) or a numeric table (N, D), got "
                      f"{a.dtype} {a.shape}: {path}")
+
+
+def _count_non_finite(values: np.ndarray, rows: int = 4096) -> int:
+    """How many entries of `values` are NaN or ±inf, counted a few rows at a time (bounded extra memory)."""
+    return sum(int(values[i:i + rows].size - np.count_nonzero(np.isfinite(values[i:i + rows])))
+               for i in range(0, len(values), rows))
 
 
 def _array_labels(a: np.ndarray, key: str, path: Path) -> torch.Tensor:

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from mwnet.data.images import LazyImages
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -142,39 +145,92 @@ class BatchLoader:
 
 
 class MetaSampler:
-    """Meta batches without end: shuffled passes over the meta set, a new permutation each pass.
+    """Meta batches (x, y) without end: shuffled passes over the meta set, a new permutation each pass.
 
-    Same arguments as `BatchLoader` (a last partial batch of a pass is kept, as the official loader does).
+    The meta set is given as tensors `x` (N, …) and labels `y` (N,) (same arguments as `BatchLoader`; a last
+    partial batch of a pass is kept, as the official loader does), or as your own data with `y` left out:
+
+    * a map-style `torch.utils.data.Dataset` of (x, y, …) samples: batches of `batch_size` drawn by this sampler's
+      own seeded permutation and collated with `default_collate` (the Dataset applies its own transforms), so
+      `state_dict` resumes at the exact batch;
+    * a `torch.utils.data.DataLoader` yielding (x, y, …) batches: iterated again whenever it ends (it reshuffles
+      if it shuffles); its position is not saved, so `state_dict` holds only the passes completed.
+
+    Batches go to `device`; x may be a tensor or a tuple/list of tensors (a model with several inputs).
     """
 
-    def __init__(self, x: Any, y: Any, batch_size: int = 100, seed: int = 0, device: str | torch.device = "cpu",
-                 augment: bool = False, mean: Sequence[float] | None = None,
+    def __init__(self, x: Any, y: Any = None, batch_size: int = 100, seed: int = 0,
+                 device: str | torch.device = "cpu", augment: bool = False, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
+        self.device = torch.device(device)
+        self.source: Any = None  # the user's Dataset or DataLoader; None for tensors
+        self.passes = 0
+        self._iter: Iterator[Any] | None = None
+        if isinstance(x, (DataLoader, Dataset)) and not isinstance(x, LazyImages):
+            what = type(x).__name__
+            if y is not None:
+                raise ValueError(f"y must be left out when the meta set is a {what}: its samples hold the labels")
+            if augment or mean is not None or std is not None:
+                raise ValueError(f"augment, mean and std apply to tensors; a {what} applies its own transforms")
+            try:
+                size = len(x)
+            except TypeError:
+                raise ValueError(f"a meta {what} must have a length (a map-style Dataset, or a DataLoader of "
+                                 f"one)") from None
+            if size == 0:
+                raise ValueError("the meta set is empty")
+            self.source = x
+            n = len(x) if isinstance(x, Dataset) else 0
+            # For a Dataset, a BatchLoader over positions gives the shuffling and its exact, resumable state.
+            self.loader = None if isinstance(x, DataLoader) else BatchLoader(
+                torch.arange(n), torch.zeros(n), batch_size=batch_size, shuffle=True, seed=seed)
+            return
+        if y is None:
+            raise ValueError("give the meta labels y with tensor inputs x (or pass a Dataset or DataLoader of "
+                             "(x, y) samples)")
         if len(y) == 0:
             raise ValueError("the meta set is empty")
         self.loader = BatchLoader(x, y, batch_size=batch_size, shuffle=True, seed=seed, device=device,
                                   augment=augment, mean=mean, std=std)
-        self._iter: Iterator[Batch] | None = None
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[Any, torch.Tensor]:
         """The next meta batch (x, y)."""
-        if self._iter is None:
-            self._iter = iter(self.loader)
-        try:
-            xb, yb, _ = next(self._iter)
-        except StopIteration:
-            self._iter = iter(self.loader)
-            xb, yb, _ = next(self._iter)
-        return xb, yb
+        for _ in range(2):  # a pass that has ended starts the next one; an empty pass twice is an error
+            if self._iter is None:
+                self._iter = iter(self.loader if self.loader is not None else self.source)
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self._iter = None
+                self.passes += 1
+                continue
+            if self.source is None:
+                return batch[0], batch[1]
+            if isinstance(self.source, Dataset):
+                batch = default_collate([self.source[int(i)] for i in batch[2]])
+            return self._to_device(batch)
+        raise ValueError("the meta DataLoader yields no batch")
 
     __next__ = next
 
     def __iter__(self) -> MetaSampler:
         return self
 
+    def _to_device(self, batch: Any) -> tuple[Any, torch.Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError(f"meta samples must be (x, y) or (x, y, ...), got a {type(batch).__name__}")
+        x, y = batch[0], batch[1]
+        x = tuple(t.to(self.device) for t in x) if isinstance(x, (tuple, list)) else x.to(self.device)
+        return x, torch.as_tensor(y).to(self.device)
+
     def state_dict(self) -> dict[str, Any]:
+        if isinstance(self.source, DataLoader):
+            return {"passes": self.passes}
         return self.loader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
+        if isinstance(self.source, DataLoader):
+            self.passes = int(state["passes"])
+        else:
+            self.loader.load_state_dict(state)
         self._iter = None

@@ -51,6 +51,7 @@ def aggregate(grid: Grid, out: str | Path) -> dict[str, Any]:
             for key in ("best_test_acc", "best_epoch", "last_test_acc", "weight_auroc", "epochs", "train_seconds",
                         "device", "torch_threads", "torch_version", "diverged"):
                 entry[key] = summary.get(key)
+            _check_summary(entry, run_dir / "summary.json")
             by_group.setdefault((cell.setting, cell.method), []).append(entry)
         cells.append(entry)
 
@@ -96,6 +97,23 @@ def write_results(grid: Grid, out: str | Path, *, command: str | None = None) ->
     write_json(out / RESULTS_JSON, rounded(results))
     write_atomic(out / RESULTS_MD, format_markdown(results))
     return results
+
+
+_NUMBERS = ("best_test_acc", "best_epoch", "last_test_acc", "weight_auroc", "epochs", "train_seconds", "torch_threads")
+
+
+def _check_summary(entry: Mapping[str, Any], path: Path) -> None:
+    """ValueError naming the file and the field when a summary.json value cannot be tabulated (a hand-edited or
+    foreign file): numbers must be finite numbers or null, `diverged` null or {epoch, iteration, error}."""
+    for key in _NUMBERS:
+        value = entry[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"{path}: {key} must be a number or null, got {value!r}")
+    diverged = entry["diverged"]
+    if diverged is not None and not (isinstance(diverged, dict) and {"epoch", "iteration", "error"} <= set(diverged)):
+        raise ValueError(f"{path}: diverged must be null or an object with epoch, iteration and error, got "
+                         f"{diverged!r}")
 
 
 def _argmax(means: Mapping[str, float | None]) -> list[str]:

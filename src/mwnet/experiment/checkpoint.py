@@ -9,6 +9,7 @@ progress and the global random states: a run resumed from it computes the number
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import random
@@ -19,20 +20,35 @@ import numpy as np
 import torch
 
 from mwnet.experiment.build import Setup
-from mwnet.experiment.config import config_to_dict
+from mwnet.experiment.config import config_difference, config_from_dict, config_to_dict
+from mwnet.experiment.digest import content_digest
 from mwnet.experiment.files import first_line, write_atomic
 from mwnet.experiment.loop import EpochRecord, RunState
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: with the content checksum and the config compared on resume
+CHECKSUM_KEY = "content_sha256"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose content does not match the checksum it was saved with (or that lacks one)."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` atomically (temporary file, fsync, os.replace)."""
-    write_atomic(path, lambda handle: torch.save(state, handle))
+    """Write `state` and the checksum of its content (`mwnet.experiment.digest`) to `path` atomically.
+
+    The archive is built in memory first, so that a full disk or a read-only folder is an OSError naming `path`
+    (not an error from inside torch's zip writer), with the old file left in place.
+    """
+    buffer = io.BytesIO()
+    torch.save({**state, CHECKSUM_KEY: content_digest(state)} if isinstance(state, dict) else state, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The dict saved by `save_checkpoint`; FileNotFoundError if absent, ValueError if unreadable."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    require_checksum: bool = False) -> dict[str, Any]:
+    """The dict saved by `save_checkpoint` (without its checksum); FileNotFoundError if absent, ValueError if
+    unreadable, CorruptCheckpointError if its content does not match its checksum (or, with `require_checksum`,
+    it has none)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -46,6 +62,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"unreadable checkpoint {path} ({first_line(exc)[:200]})") from None
     if not isinstance(state, dict):
         raise ValueError(f"not an mwnet checkpoint (no dict inside): {path}")
+    checksum = state.pop(CHECKSUM_KEY, None)
+    if checksum is None and require_checksum:
+        raise CorruptCheckpointError(f"checkpoint without a content checksum (not written by this mwnet): {path}")
+    if checksum is not None and checksum != content_digest(state):
+        raise CorruptCheckpointError(f"corrupted checkpoint {path}: its content does not match the checksum it was "
+                                     f"saved with")
     return state
 
 
@@ -58,6 +80,8 @@ def save_run(setup: Setup, state: RunState, path: Path) -> None:
         "iteration": state.iteration,
         "best_test_acc": state.best_test_acc,
         "best_epoch": state.best_epoch,
+        "selected": {"epoch": state.selected_epoch, "meta_acc": state.selected_meta_acc,
+                     "meta_loss": state.selected_meta_loss, "test_acc": state.selected_test_acc},
         "train_seconds": state.train_seconds,
         "eval_seconds": state.eval_seconds,
         "resumes": state.resumes,
@@ -75,9 +99,10 @@ def save_run(setup: Setup, state: RunState, path: Path) -> None:
 
 def restore_run(path: Path, setup: Setup, state: RunState) -> None:
     """Load the checkpoint at `path` into a freshly built `setup` and `state` (counting one more resume)."""
-    checkpoint = load_checkpoint(path, map_location=setup.device)
+    checkpoint = load_checkpoint(path, map_location=setup.device, require_checksum=True)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an mwnet checkpoint of format {CHECKPOINT_FORMAT}: {path}")
+    check_same_run(checkpoint, setup, path)
     try:
         setup.model.load_state_dict(checkpoint["model"])
         setup.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -93,6 +118,11 @@ def restore_run(path: Path, setup: Setup, state: RunState) -> None:
     state.iteration = int(checkpoint["iteration"])
     state.best_test_acc = float(checkpoint["best_test_acc"])
     state.best_epoch = int(checkpoint["best_epoch"])
+    selected = checkpoint.get("selected") or {}  # absent from checkpoints written before model selection
+    state.selected_epoch = int(selected.get("epoch", 0))
+    state.selected_meta_acc = float(selected.get("meta_acc", -1.0))
+    state.selected_meta_loss = float(selected.get("meta_loss", float("inf")))
+    state.selected_test_acc = selected.get("test_acc")
     state.train_seconds = float(checkpoint["train_seconds"])
     state.eval_seconds = float(checkpoint["eval_seconds"])
     state.resumes = int(checkpoint["resumes"]) + 1
@@ -100,6 +130,18 @@ def restore_run(path: Path, setup: Setup, state: RunState) -> None:
     state.epoch = None if epoch is None else EpochRecord.from_state(
         {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch.items()})
     state.last_record = None if checkpoint["last_record"] is None else json.loads(checkpoint["last_record"])
+
+
+def check_same_run(checkpoint: dict[str, Any], setup: Setup, path: Path) -> None:
+    """ValueError unless the config a checkpoint was saved with is the run's (device and data_dir may differ):
+    a checkpoint copied from another run of the same shapes would otherwise resume silently."""
+    if not isinstance(checkpoint.get("config"), dict):
+        raise ValueError(f"checkpoint without its run's config: {path}")
+    saved = config_from_dict(checkpoint["config"], f"the config in {path}")
+    difference = config_difference(saved, setup.config)
+    if difference is not None:
+        name, was, now = difference
+        raise ValueError(f"{path} belongs to another run: {name} is {was!r} there but {now!r} in this run's config")
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,7 +5,8 @@ user's overrides (every CLI flag), each value type-checked against the field's a
 field's declared check. The resolved config is what `config.json` holds, one flat JSON object.
 
 Each field is declared once, with its type, default, check and one-line description (`mwnet train --help` shows
-it): the classifier's and the data's here, the weight net's in `mwnet.methods.mwnet.MWNetOptions`, which
+it): the classifier's and the data's here, the weight net's in `mwnet.methods.mwnet.MWNetOptions` (and its
+subclasses `CMWNetOptions`, `CMWNetSLOptions` for the class-aware methods), which
 `TrainConfig` inherits, so the mwnet method's options and the config's fields cannot drift apart.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,8 @@ from typing import Any, Literal
 from mwnet.experiment.files import read_json_object
 from mwnet.experiment.presets import PRESETS
 from mwnet.methods import list_methods, method_options
-from mwnet.methods.mwnet import MWNetOptions
+from mwnet.methods.cmwnet_sl import CMWNetSLOptions
+from mwnet.methods.frozen_vnet import FrozenWeightNetOptions
 from mwnet.methods.options import (
     NON_NEGATIVE,
     POSITIVE,
@@ -34,7 +37,9 @@ from mwnet.methods.options import (
     option,
 )
 
-_AT_LEAST_ONE = Check(lambda v: v >= 1, ">= 1 (n_max / n_min)")
+_AT_LEAST_ONE = Check(lambda v: math.isfinite(v) and v >= 1, ">= 1 (n_max / n_min) and finite")
+# Every generator a run seeds (torch's, the loaders' seed + k) takes a 64-bit seed.
+_SEED = Check(lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
 _INCREASING = Check(lambda ms: all(m >= 1 for m in ms) and all(b > a for a, b in itertools.pairwise(ms)),
                     "positive and increasing")
 _FACTOR = Check(lambda v: 0 < v <= 1, "in (0, 1]")
@@ -42,19 +47,23 @@ _DEVICE = Check(lambda d: d in ("auto", "cpu", "cuda", "mps") or d.startswith("c
 
 
 @dataclass(frozen=True)
-class TrainConfig(MWNetOptions):
+class TrainConfig(CMWNetSLOptions, FrozenWeightNetOptions):
     """Everything that determines a training run (given the same machine, the same numbers come out).
 
     Groups of fields (each field's own line says what it is):
         data: dataset, data_dir, noise, imbalance, num_meta / meta_per_class (setting one clears the other; every
-            method gets the same split, plain CE simply ignores the meta set), meta_from_unverified, train_subset,
-            augment.
+            method gets the same split, plain CE simply ignores the meta set), meta_from_unverified,
+            subsample_meta, labels_csv, trusted_csv, train_subset, augment.
         model and method: model, model_options, method, method_options (options of the method that are not
             fields here).
         classifier optimisation (SGD): epochs or iterations, batch sizes, lr, momentum, nesterov, weight_decay,
             lr_milestones, lr_gamma, lr_unit.
-        weight net: the fields of `MWNetOptions` (normalize, hypergradient, meta_interval, weight_net_hidden,
-            meta_optimizer, meta_lr, meta_momentum, meta_nesterov, meta_weight_decay), inherited.
+        weight net: the fields of `MWNetOptions` (normalize, hypergradient, meta_interval, virtual_loss,
+            weight_net_hidden, weight_net_init, meta_optimizer, meta_lr, meta_momentum, meta_nesterov,
+            meta_weight_decay), inherited through
+            `CMWNetSLOptions`, which adds cmwnet's weight_net_heads and cmwnet-sl's teacher_decay,
+            ce_warmup_epochs, mixup, mixup_alpha; and `FrozenWeightNetOptions` (weight_net_from: method
+            frozen-vnet reuses an earlier run's V).
         run: seed, device, preset.
     """
 
@@ -63,15 +72,23 @@ class TrainConfig(MWNetOptions):
     data_dir: str | None = option(None, "where data sets are looked for and downloaded")
     noise: str | None = option(None, "label noise: uniform:R, flip:R, flip2:R (R in [0, 1]) or none")
     imbalance: float = option(1.0, "long-tail imbalance factor n_max/n_min (1 = balanced)", check=_AT_LEAST_ONE)
-    num_meta: int | None = option(None, "size of the clean meta set", check=POSITIVE_INT)
+    num_meta: int | None = option(None, "size of the clean meta set (0: none, for methods that use none)",
+                                  check=NON_NEGATIVE)
     meta_per_class: int | None = option(10, "clean meta samples per class (instead of num_meta)", check=POSITIVE_INT)
     meta_from_unverified: bool = option(False, "carve the meta set from training labels nobody verified (folder "
                                                "or arrays data that ship no trusted meta set)")
+    subsample_meta: bool = option(False, "keep only num_meta / meta_per_class of a meta set the data ships "
+                                         "(default: all of it)")
+    labels_csv: str | None = option(None, "folder:PATH only: training labels as path,label[,trusted] rows "
+                                          "[PATH/noisy_labels.csv when present]")
+    trusted_csv: str | None = option(None, "folder:PATH only: the training images whose label was verified, one "
+                                           "path a row")
     train_subset: int | None = option(None, "train on a seeded subset of this many images", check=POSITIVE_INT)
     augment: bool = option(False, "random crop + horizontal flip on training batches")
 
     model: str = option("auto", "model: auto (mlp for tables, cnn up to 28 px, resnet32 up to 32 px, resnet50 "
-                                "above), cnn, mlp, resnet32, resnet50, wrn28_10")
+                                "above), cnn, mlp, resnet32, resnet50, wrn28_10, or module:callable (your own: "
+                                "called with input_shape= and num_classes=, returns an nn.Module)")
     model_options: dict[str, Any] = field(default_factory=dict, metadata={
         "doc": "extra keyword arguments of the model factory, e.g. dropout=0.3 for wrn28_10"})
     method: str = option("mwnet", "training method (see `mwnet info`): ce, mwnet, ...")
@@ -93,7 +110,7 @@ class TrainConfig(MWNetOptions):
     lr_gamma: float = option(0.1, "lr factor at each milestone", check=_FACTOR)
     lr_unit: Literal["epoch", "iteration"] = option("epoch", "count lr_milestones in 'epoch' or 'iteration'")
 
-    seed: int = option(0, "seed of the split, the noise, the initialisation and the data order")
+    seed: int = option(0, "seed of the split, the noise, the initialisation and the data order", check=_SEED)
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N", check=_DEVICE)
     preset: str | None = option(None, "the preset this config was resolved from (a record only)")
 
@@ -137,6 +154,13 @@ def resolve_config(preset: str | None = None, overrides: Mapping[str, Any] | Non
     return config
 
 
+def check_run_length(overrides: Mapping[str, Any]) -> None:
+    """ValueError when the user's overrides (a command line's flags) set both epochs and iterations: the epochs
+    would be silently ignored."""
+    if overrides.get("epochs") is not None and overrides.get("iterations") is not None:
+        raise ValueError("give --epochs or --iterations, not both (the iterations decide the number of epochs)")
+
+
 def validate_config(config: TrainConfig) -> None:
     """ValueError naming the first bad value; checks everything that can be checked without loading data."""
     check_fields(config)
@@ -149,6 +173,9 @@ def validate_config(config: TrainConfig) -> None:
     parse_noise(config.noise)
     if config.method not in list_methods():
         raise ValueError(f"unknown method {config.method!r} (choose from {', '.join(list_methods())})")
+    if config.weight_net_from is not None and "weight_net_from" not in method_options(config.method):
+        raise ValueError(f"weight_net_from (--weight-net-from) is an option of method frozen-vnet, not of "
+                         f"{config.method!r}: add --method frozen-vnet")
     for key in config.method_options:
         if key in _TYPES:
             raise ValueError(f"method option {key!r} is a config field: set it directly (--{key.replace('_', '-')})")
@@ -158,8 +185,15 @@ def validate_config(config: TrainConfig) -> None:
     if config.model != "auto":
         from mwnet import models
 
-        if config.model not in models.list_models():
-            raise ValueError(f"unknown model {config.model!r} (choose from auto, {', '.join(models.list_models())})")
+        if ":" in config.model:
+            models.parse_model_spec(config.model)
+        elif config.model not in models.list_models():
+            raise ValueError(f"unknown model {config.model!r} (choose from auto, {', '.join(models.list_models())}, "
+                             f"or module:callable for your own)")
+    for name in ("labels_csv", "trusted_csv"):
+        if getattr(config, name) is not None and not config.dataset.strip().lower().startswith("folder:"):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) applies to folder:PATH data sets only, not "
+                             f"{config.dataset!r}")
 
 
 def method_arguments(config: TrainConfig) -> dict[str, Any]:

@@ -10,6 +10,7 @@ do, for the grid's cells and for `mwnet demo`'s two runs alike.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import traceback
 from collections.abc import Callable, Iterable
@@ -19,14 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mwnet.experiment.aggregate import write_results
+from mwnet.experiment.aggregate import RESULTS_JSON, RESULTS_MD, write_results
 from mwnet.experiment.config import TrainConfig
 from mwnet.experiment.files import first_line
-from mwnet.experiment.grid import Grid, check_cells, record_grid
+from mwnet.experiment.grid import GRID_FILE, Grid, check_cells, record_grid, recorded_run_options
+from mwnet.experiment.lock import RunLock
+from mwnet.experiment.manifest import holds_run, remove_stale_temps
 from mwnet.experiment.markdown import count
-from mwnet.experiment.rundir import holds_run, run_status
+from mwnet.experiment.rundir import run_status
 from mwnet.experiment.runner import train
 from mwnet.experiment.signals import TrainingInterrupted
+from mwnet.experiment.workers import die_with_parent
 from mwnet.methods.options import POSITIVE_INT
 
 Log = Callable[[str], None]
@@ -60,54 +64,77 @@ def plan_run(name: str, config: TrainConfig, run_dir: Path, *, restart: bool = F
     return Task(name, config, run_dir, resume=True) if status == "partial" else None
 
 
-def check_data(configs: Iterable[TrainConfig]) -> None:
-    """Load each data set the cells use once (downloading it if needed), so a missing one fails before any cell."""
-    from mwnet.data import load_dataset
+def check_tasks(tasks: Iterable[Task]) -> None:
+    """Check every task's config as `train` will (`mwnet.experiment.build.check_buildable`: the device, the split,
+    the model's options and size, the method's options), loading each data set once (downloading it if needed),
+    so that a grid with one impossible cell fails before any file is written. The error names the cell."""
+    from mwnet.experiment.build import check_buildable, load_run_dataset
 
-    for dataset, data_dir in sorted({(c.dataset, c.data_dir) for c in configs}, key=str):
-        load_dataset(dataset, data_dir=data_dir, verify=False)
+    datasets: dict[tuple, Any] = {}
+    for task in tasks:
+        c = task.config
+        key = (c.dataset, c.data_dir, c.labels_csv, c.trusted_csv)
+        if key not in datasets:
+            datasets[key] = load_run_dataset(c, verify=False)
+        try:
+            check_buildable(c, datasets[key])
+        except ValueError as exc:
+            raise ValueError(f"cell {task.name}: {first_line(exc)}") from None
 
 
-def run_grid(grid: Grid, out: str | Path, *, jobs: int = 1, threads: int | None = None, command: str | None = None,
-             epoch_lines: bool = False, log: Log | None = None) -> dict[str, Any]:
+def run_grid(grid: Grid, out: str | Path, *, jobs: int | None = None, threads: int | None = None,
+             command: str | None = None, epoch_lines: bool = False, log: Log | None = None) -> dict[str, Any]:
     """Run every unfinished cell of `grid` into `out` (finished cells are skipped, interrupted ones resumed).
 
-    results.md and results.json are rewritten after every finished cell, so a long grid has a table early.
+    results.md and results.json are rewritten after every finished cell, so a long grid has a table early. `out`
+    is locked for the duration (`mwnet.experiment.lock`), and each cell's run directory by `train`.
 
     Args:
-        jobs: cells trained at once, each in its own worker process [1: in this process].
-        threads: torch threads per worker [the cores this process may use // jobs]; with jobs=1, None leaves
-            torch's setting alone.
+        jobs: cells trained at once, each in its own worker process [as recorded in OUT/compare.json, else 1: in
+            this process].
+        threads: torch threads per cell [as recorded in OUT/compare.json, else the cores this process may use //
+            jobs]. Recorded in compare.json and restored by a continuation: CPU results depend on the thread
+            count (the order of floating-point sums), so every cell of a grid runs with the same one.
         command: the command line to record in compare.json and the report.
         epoch_lines: also log each cell's per-epoch lines (prefixed with the cell's name).
         log: receives one line per started / finished cell.
     Returns:
         The aggregated results (see `mwnet.experiment.aggregate.aggregate`).
     Raises:
-        ValueError: a bad grid or directory (before anything is written), or cells that failed (after the others
-            ran; the message names the first).
+        ValueError: a bad grid, directory or cell config (before anything is written), or cells that failed
+            (after the others ran; the message names the first).
+        RunDirectoryLocked: another process is running this grid (a ValueError).
         GridInterrupted: Ctrl-C; run again to continue.
     """
+    for name, value in (("jobs", jobs), ("threads", threads)):
+        if value is not None:
+            POSITIVE_INT.require(value, name)
+    with RunLock(out):
+        return _run_grid_locked(grid, Path(out), jobs, threads, command, epoch_lines, log or (lambda _line: None))
+
+
+def _run_grid_locked(grid: Grid, out: Path, jobs: int | None, threads: int | None, command: str | None,
+                     epoch_lines: bool, log: Log) -> dict[str, Any]:
     from mwnet.system import available_cores
 
-    log = log or (lambda _line: None)
-    out = Path(out)
-    POSITIVE_INT.require(jobs, "jobs")
-    if threads is not None:
-        POSITIVE_INT.require(threads, "threads")
-    if threads is None and jobs > 1:
-        threads = max(1, available_cores() // jobs)
     check_cells(grid, out)
+    recorded = recorded_run_options(out)
+    restored = [f"--{k} {recorded[k]}" for k, v in (("jobs", jobs), ("threads", threads))
+                if v is None and k in recorded]
+    jobs = jobs if jobs is not None else recorded.get("jobs", 1)
+    threads = threads if threads is not None else recorded.get("threads", max(1, available_cores() // jobs))
     tasks = [task for cell in grid.cells()
              if (task := plan_run(cell.name, grid.config(cell), cell.run_dir(out))) is not None]
-    check_data(t.config for t in tasks)
+    check_tasks(tasks)
 
     # Everything is validated: from here on files are written.
-    out.mkdir(parents=True, exist_ok=True)
-    record_grid(grid, out, command)
+    remove_stale_temps(out, (GRID_FILE, RESULTS_JSON, RESULTS_MD))
+    record_grid(grid, out, command, {"jobs": jobs, "threads": threads})
     total = len(grid.cells())
     log(f"{total} cells, {total - len(tasks)} finished, {len(tasks)} to run"
-        + (f" ({jobs} at a time, {count(threads, 'torch thread')} each)" if jobs > 1 else ""))
+        + (f" ({jobs} at a time, {count(threads, 'torch thread')} each)" if jobs > 1 and tasks else ""))
+    if restored and tasks:
+        log(f"continuing with {' '.join(restored)}, as recorded in {out / GRID_FILE}")
     failures: list[tuple[str, str]] = []
     interrupted: list[str] = []
     finished = 0
@@ -130,7 +157,7 @@ def run_grid(grid: Grid, out: str | Path, *, jobs: int = 1, threads: int | None 
     if jobs == 1:
         _run_here(tasks, threads, epoch_lines, log, report)
     elif tasks:
-        _run_pool(tasks, jobs, threads or 1, epoch_lines, log, report)
+        _run_pool(tasks, jobs, threads, epoch_lines, log, report)
     results = write_results(grid, out, command=command)
     if interrupted:  # a worker alone was sent SIGINT: its cell is resumable, the grid is not complete
         raise GridInterrupted(f"{len(interrupted)} cells were interrupted, first {interrupted[0]}")
@@ -144,20 +171,23 @@ def _starting(task: Task) -> str:
     return f"{task.name}: {'resuming' if task.resume else 'training'} -> {task.run_dir}"
 
 
-def _run_here(tasks: list[Task], threads: int | None, epoch_lines: bool, log: Log, report: Callable) -> None:
+def _run_here(tasks: list[Task], threads: int, epoch_lines: bool, log: Log, report: Callable) -> None:
     import torch
 
-    if threads is not None:
-        torch.set_num_threads(threads)
-    for task in tasks:
-        log(_starting(task))
-        try:
-            outcome = _run_task(task, epoch_lines)
-        except KeyboardInterrupt:  # outside the training loop (e.g. while loading data): nothing to save
-            raise GridInterrupted(f"interrupted while starting {task.name}") from None
-        if outcome[0] == "interrupted":
-            raise GridInterrupted(outcome[1])  # Ctrl-C reached this process: stop the whole grid
-        report(task, outcome)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for task in tasks:
+            log(_starting(task))
+            try:
+                outcome = _run_task(task, epoch_lines)
+            except KeyboardInterrupt:  # outside the training loop (e.g. while loading data): nothing to save
+                raise GridInterrupted(f"interrupted while starting {task.name}") from None
+            if outcome[0] == "interrupted":
+                raise GridInterrupted(outcome[1])  # Ctrl-C reached this process: stop the whole grid
+            report(task, outcome)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _run_pool(tasks: list[Task], jobs: int, threads: int, epoch_lines: bool, log: Log, report: Callable) -> None:
@@ -165,7 +195,7 @@ def _run_pool(tasks: list[Task], jobs: int, threads: int, epoch_lines: bool, log
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                               initargs=(threads, stop))
+                               initargs=(threads, stop, os.getpid()))
     pending = {}
     try:
         for task in tasks:  # the pool takes them in submission order: the priority order
@@ -202,9 +232,10 @@ def _run_pool(tasks: list[Task], jobs: int, threads: int, epoch_lines: bool, log
 _worker_stop: Any = None
 
 
-def _init_worker(threads: int, stop: Any) -> None:
+def _init_worker(threads: int, stop: Any, parent_pid: int) -> None:
     import torch
 
+    die_with_parent(parent_pid)  # a killed `mwnet compare` leaves no worker training on
     global _worker_stop
     _worker_stop = stop
     # Idle workers ignore Ctrl-C (the main process decides); `train` installs its own handler while it runs.

@@ -5,7 +5,8 @@
 
 A setting is a preset name; a cell is one run directory OUT/<setting>/<method>/seed<k>/. OUT/compare.json records
 the grid (settings, methods, seeds, the overrides applied to every cell) and every command that ran cells, so that
-the same command, or `mwnet compare --out OUT` alone, continues it (`mwnet.experiment.execution.run_grid`).
+the same command, or `mwnet compare --out OUT` alone, continues it (`mwnet.experiment.execution.run_grid`), with
+the recorded torch thread count, so that resumed cells compute what an uninterrupted grid would.
 """
 
 from __future__ import annotations
@@ -147,12 +148,29 @@ def recorded_commands(out: str | Path) -> list[str]:
     return read_json_object(path).get("commands", []) if path.is_file() else []
 
 
-def record_grid(grid: Grid, out: str | Path, command: str | None) -> None:
-    """Write OUT/compare.json: the grid and every command that ran it (`command` appended when new)."""
+def record_grid(grid: Grid, out: str | Path, command: str | None, run_options: Mapping[str, int] | None = None) -> None:
+    """Write OUT/compare.json: the grid, every command that ran it (`command` appended when new) and the last
+    `run_options` (jobs, threads: how cells ran, which a continuation restores)."""
     commands = recorded_commands(out)
     if command and command not in commands:
         commands.append(command)
-    write_json(Path(out) / GRID_FILE, {**grid.to_dict(), "commands": commands})
+    record = {**grid.to_dict(), "commands": commands}
+    if run_options:
+        record["run_options"] = dict(run_options)
+    write_json(Path(out) / GRID_FILE, record)
+
+
+def recorded_run_options(out: str | Path) -> dict[str, int]:
+    """The jobs and threads compare.json records for the grid in OUT ({} before the first run); ValueError for a
+    value that is not a positive integer."""
+    path = Path(out) / GRID_FILE
+    options = read_json_object(path).get("run_options", {}) if path.is_file() else {}
+    if not isinstance(options, dict):
+        raise ValueError(f"run_options must be an object in {path}")
+    for key in ("jobs", "threads"):
+        if key in options:
+            POSITIVE_INT.require(options[key], f"run_options.{key} in {path}")
+    return {k: options[k] for k in ("jobs", "threads") if k in options}
 
 
 def run_difference(run_dir: Path, config: TrainConfig) -> str | None:

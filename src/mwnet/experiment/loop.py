@@ -23,6 +23,7 @@ from mwnet.errors import NonFiniteLossError
 from mwnet.experiment.build import Setup
 from mwnet.experiment.metrics import loss_grid, per_class_accuracy, weight_statistics
 from mwnet.experiment.signals import TrainingInterrupted
+from mwnet.module_state import eval_mode
 
 
 class EpochRecord:
@@ -70,6 +71,11 @@ class RunState:
     iteration: int = 0
     best_test_acc: float = -1.0
     best_epoch: int = 0
+    # The model selected on the meta set (held-out, clean): its epoch, meta-set accuracy and loss, test accuracy.
+    selected_epoch: int = 0
+    selected_meta_acc: float = -1.0
+    selected_meta_loss: float = math.inf
+    selected_test_acc: float | None = None
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     resumes: int = 0
@@ -91,6 +97,8 @@ class LoopHooks:
         show_bar: a tqdm bar per epoch.
         on_event: receives ("iteration", n) after global iteration n, and ("epoch-end", e) after epoch e's
             metrics are written and before its checkpoint (tests kill the process there to check resuming).
+        save_selected: receives an epoch's metrics when its model is the best on the meta set so far (written
+            before the epoch's checkpoint: a resumed run recomputes the epoch and writes the same model).
     """
 
     run_dir: Path
@@ -100,6 +108,7 @@ class LoopHooks:
     interrupted: Callable[[], bool]
     show_bar: bool = False
     on_event: Callable[[str, int], None] | None = None
+    save_selected: Callable[[dict], None] | None = None
 
 
 def train_epochs(setup: Setup, state: RunState, hooks: LoopHooks) -> None:
@@ -168,6 +177,8 @@ def train_epochs(setup: Setup, state: RunState, hooks: LoopHooks) -> None:
         hooks.write_epoch(metrics, {
             "epoch": epoch + 1, "train_seconds": round(record.seconds, 3), "eval_seconds": round(eval_seconds, 3),
             "samples_per_second": round(samples / record.seconds, 1) if record.seconds > 0 else None})
+        if state.selected_epoch == epoch + 1 and hooks.save_selected is not None:
+            hooks.save_selected(metrics)
         hooks.log(_epoch_line(metrics, setup.epochs, record.seconds))
         event("epoch-end", epoch + 1)
         state.epochs_done += 1
@@ -184,6 +195,13 @@ def epoch_metrics(setup: Setup, state: RunState, record: EpochRecord, epoch: int
     test = evaluate(setup.model, setup.test_loader, split.num_classes)
     if test["acc"] > state.best_test_acc:
         state.best_test_acc, state.best_epoch = test["acc"], epoch + 1
+    # Model selection on held-out data: accuracy on the whole clean meta set, ties to the lower meta-set loss (a
+    # meta set of 10 per class ties often), then to the earlier epoch.
+    meta = None if setup.meta_eval_loader is None else evaluate(setup.model, setup.meta_eval_loader,
+                                                                split.num_classes)
+    if meta is not None and (meta["acc"], -meta["loss"]) > (state.selected_meta_acc, -state.selected_meta_loss):
+        state.selected_epoch, state.selected_test_acc = epoch + 1, test["acc"]
+        state.selected_meta_acc, state.selected_meta_loss = meta["acc"], meta["loss"]
     visited = record.visited.numpy()
     given = np.asarray(split.y_train)[visited]
     truth = np.asarray(split.y_true)[visited]
@@ -207,30 +225,36 @@ def epoch_metrics(setup: Setup, state: RunState, record: EpochRecord, epoch: int
         "test_acc_per_class": test["per_class"],
         "best_test_acc": state.best_test_acc,
         "best_epoch": state.best_epoch,
+        "meta_set_acc": None if meta is None else meta["acc"],
+        "meta_set_loss": None if meta is None else meta["loss"],
+        "selected_epoch": state.selected_epoch or None,
     }
     metrics.update(weight_statistics(weights, losses, truth, corrupted if knows_truth(split) else None,
                                      split.num_classes))
+    # The per-class statistics group by split.y_true: the truth only where the labels were verified.
+    metrics["classes_by"] = "true" if setup.truth_known else "given"
     grid = loss_grid(losses)
-    curve = method.weight_curve(torch.as_tensor(grid, dtype=torch.float32, device=setup.device))
+    grid_tensor = torch.as_tensor(grid, dtype=torch.float32, device=setup.device)
+    curve = method.weight_curve(grid_tensor)
     metrics["weight_curve"] = None if curve is None else {
         "loss": grid.tolist(), "weight": curve.detach().double().cpu().numpy().tolist()}
+    heads = method.head_curves(grid_tensor)
+    if heads is not None:  # a class-aware V: one curve per group of classes
+        metrics["weight_curves_by_head"] = {"loss": grid.tolist(), "heads": {
+            name: c.detach().double().cpu().numpy().tolist() for name, c in heads.items()}}
     return metrics
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Any, num_classes: int) -> dict[str, Any]:
     """Mean cross-entropy, top-1 accuracy (%) and per-class accuracy (%) of `model` in eval mode over `loader`."""
-    was_training = model.training
-    model.eval()
     loss_sum, predictions, targets = 0.0, [], []
-    try:
+    with eval_mode(model):  # every sub-module's mode comes back as it was (a frozen-BN backbone stays frozen)
         for x, y, _idx in loader:
             logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             predictions.append(logits.argmax(1).cpu())
             targets.append(y.cpu())
-    finally:
-        model.train(was_training)
     pred = torch.cat(predictions).numpy()
     true = torch.cat(targets).numpy()
     per_class = [None if a is None else 100.0 * a for a in per_class_accuracy(pred, true, num_classes)]

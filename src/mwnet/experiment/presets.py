@@ -1,8 +1,14 @@
 """The paper's settings and our Fashion-MNIST protocol as presets: data (overrides of `TrainConfig`), not code.
 
-Every hyper-parameter of the paper's official scripts lives here and nowhere else (docs/algorithm.md,
-"Official hyper-parameters"). Normalisation: the scripts that produced the paper's tables divide the
-weighted loss by Σ vᵢ ("sum"), so every preset uses "sum" (also `TrainConfig`'s default).
+Every hyper-parameter of the paper's official scripts lives here and nowhere else; docs/algorithm.md ("Presets and
+the scripts they follow") lists each preset's script and values, and tests/test_experiment_config.py holds the
+presets to the scripts. Normalisation: the WRN-28-10 and long-tail scripts divide the weighted loss by Σ vᵢ
+("sum", also `TrainConfig`'s default), MW-Net.py by the batch size ("mean").
+
+Learning-rate milestones count as mwnet's scheduler does: the lr is multiplied by lr_gamma once that many epochs
+(or iterations) are done. The WRN-28-10 and long-tail scripts set the lr from the 1-based epoch or iteration
+(`adjust_learning_rate(optimizer, epoch + 1)` with `epoch >= 80`), so their lr drops one step before the number
+they print: after 79 epochs, or 17,999 iterations; the presets follow that. MW-Net.py passes the 0-based epoch.
 """
 
 from __future__ import annotations
@@ -12,36 +18,43 @@ from typing import Any
 # name -> overrides of TrainConfig, built from a few shared dicts so that each number appears once.
 
 # The classifier optimiser shared by the CIFAR scripts (uniform, flip, long-tail): SGD 0.1, momentum 0.9, Nesterov,
-# weight decay 5e-4, batch 100 / meta batch 100, the CIFAR augmentation, Σv normalisation.
+# weight decay 5e-4, batch 100 / meta batch 100, the CIFAR augmentation, Σv normalisation, the loss fed to V as a
+# constant, V with nn.Linear's own initialisation.
 _PAPER_CIFAR = {
     "method": "mwnet", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "lr_gamma": 0.1,
-    "batch_size": 100, "meta_batch_size": 100, "augment": True, "normalize": "sum",
+    "batch_size": 100, "meta_batch_size": 100, "augment": True, "normalize": "sum", "virtual_loss": "detached",
+    "weight_net_init": "default",
 }
 # The weight-net optimiser of the noisy-label scripts: SGD 1e-3, momentum 0.9, Nesterov, weight decay 5e-4.
 _PAPER_WEIGHT_NET = {
     "meta_optimizer": "sgd", "meta_lr": 1e-3, "meta_momentum": 0.9, "meta_nesterov": True, "meta_weight_decay": 5e-4,
 }
-# Uniform noise: WRN-28-10, 20k iterations (≈40 epochs), lr ×0.1 at iterations 18k and 19k, 1000 meta images.
+# Uniform noise (train_WRN-28-10_Meta_PGC.py): WRN-28-10, 20k iterations (≈40 epochs), lr ×0.1 at (1-based)
+# iterations 18k and 19k, 1000 meta images.
 _PAPER_UNIFORM = {
     **_PAPER_CIFAR, **_PAPER_WEIGHT_NET, "model": "wrn28_10", "iterations": 20_000,
-    "lr_milestones": (18_000, 19_000), "lr_unit": "iteration", "num_meta": 1000,
+    "lr_milestones": (17_999, 18_999), "lr_unit": "iteration", "num_meta": 1000,
 }
-# Flip noise: ResNet-32, 30k iterations (≈60 epochs), lr ×0.1 at iterations 20k and 25k, 1000 meta images.
+# Flip noise: the same script with its commented-out ResNet-32 schedule, lr ×0.1 at (1-based) iterations 20k and
+# 25k; 30k iterations (≈60 epochs: the script's default --epochs; its --iters default, 20k, is WRN's), 1000 meta
+# images.
 _PAPER_FLIP = {
     **_PAPER_CIFAR, **_PAPER_WEIGHT_NET, "model": "resnet32", "iterations": 30_000,
-    "lr_milestones": (20_000, 25_000), "lr_unit": "iteration", "num_meta": 1000,
+    "lr_milestones": (19_999, 24_999), "lr_unit": "iteration", "num_meta": 1000,
 }
-# The "stable" noisy-label script: ResNet-32, SGD without Nesterov, 120 epochs ×0.1 at 80 and 100, weight net
-# Adam 1e-3 with weight decay 1e-4.
+# The "stable" noisy-label script (MW-Net.py): ResNet-32, SGD without Nesterov, 120 epochs ×0.1 at 80 and 100,
+# the weighted loss divided by the batch size ("mean"), weight net Adam 1e-3 with weight decay 1e-4.
 _PAPER_STABLE = {
-    **_PAPER_CIFAR, "nesterov": False, "model": "resnet32", "epochs": 120, "lr_milestones": (80, 100),
-    "lr_unit": "epoch", "num_meta": 1000, "meta_optimizer": "adam", "meta_lr": 1e-3, "meta_weight_decay": 1e-4,
+    **_PAPER_CIFAR, "nesterov": False, "normalize": "mean", "model": "resnet32", "epochs": 120,
+    "lr_milestones": (80, 100), "lr_unit": "epoch", "num_meta": 1000, "meta_optimizer": "adam", "meta_lr": 1e-3,
+    "meta_weight_decay": 1e-4,
 }
-# Long-tail: ResNet-32, 100 epochs ×0.1 at 80 and 90, 10 meta images per class, weight net SGD 1e-5 fixed (the
-# official script passes the classifier's momentum, Nesterov and weight decay to it too).
+# Long-tail (meta-weight-net-class-imbalance.py): ResNet-32, 100 epochs ×0.1 at (1-based) epochs 80 and 90, 10 meta
+# images per class, weight net SGD 1e-5 fixed (the script passes the classifier's momentum, Nesterov and weight
+# decay to it too), and V fed the undetached loss in the virtual step (`vnet(cost_v)`, no `.data`).
 _PAPER_LONG_TAIL = {
-    **_PAPER_CIFAR, **_PAPER_WEIGHT_NET, "model": "resnet32", "epochs": 100, "lr_milestones": (80, 90),
-    "lr_unit": "epoch", "meta_per_class": 10, "meta_lr": 1e-5,
+    **_PAPER_CIFAR, **_PAPER_WEIGHT_NET, "model": "resnet32", "epochs": 100, "lr_milestones": (79, 89),
+    "lr_unit": "epoch", "meta_per_class": 10, "meta_lr": 1e-5, "virtual_loss": "attached",
 }
 # Clothing1M: ImageNet-pretrained ResNet-50, SGD 0.01 (momentum 0.9, no Nesterov), weight decay 1e-3, 10 epochs
 # ×0.1 after 5, batch 32, weight net lr 1e-3, the data set's 7k clean validation images as the meta set. The data
@@ -70,6 +83,10 @@ _FMNIST_NOISE_META = {"meta_per_class": 100}
 # Long tail: lr 0.05. At 0.1 plain CE on the imbalanced MLP diverges (a non-finite loss at iteration 20, measured;
 # so do focal, fine-tune and MW-Net), a majority-class gradient that momentum keeps amplifying.
 _FMNIST_LONG_TAIL_META = {"meta_per_class": 10, "lr": 0.05}
+# Long tail and noise together (the setting CMW-Net targets): IF 100, then the noise on what is left; the long-tail
+# protocol (10 clean meta images per class, lr 0.05), since a 100-per-class meta set would hold more clean images
+# of a tail class than its whole training set (19 at IF 100).
+_FMNIST_LONG_TAIL_NOISE = {**_FMNIST, **_FMNIST_LONG_TAIL_META, "imbalance": 100.0}
 
 # `mwnet demo`: the Fashion-MNIST 40 % uniform setting cut to fit in a few minutes on 2 CPU cores: 5,000 images
 # (1,000 of them the meta set), trained long enough that plain CE starts memorising the wrong labels.
@@ -97,6 +114,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     **{f"fmnist-flip2-{pct}": {**_FMNIST, **_FMNIST_NOISE_META, "noise": f"flip2:{pct / 100}"} for pct in (20, 40)},
     **{f"fmnist-lt-{factor}": {**_FMNIST, **_FMNIST_LONG_TAIL_META, "imbalance": float(factor)}
        for factor in (100, 200)},
+    "fmnist-lt-noise-uniform-40": {**_FMNIST_LONG_TAIL_NOISE, "noise": "uniform:0.4"},
+    "fmnist-lt-noise-flip2-20": {**_FMNIST_LONG_TAIL_NOISE, "noise": "flip2:0.2"},
     "demo": _DEMO,
     "demo-digits": _DEMO_DIGITS,
 }

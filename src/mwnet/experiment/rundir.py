@@ -2,8 +2,9 @@
 
 config.json (the resolved config), metrics.jsonl (one line per epoch, deterministic: no wall-clock figure ever
 goes there, so an interrupted-and-resumed run writes the same bytes as an uninterrupted one), timing.jsonl
-(wall-clock per epoch), checkpoint.pt (every epoch, atomic), summary.json, suspects.csv (training samples ranked by
-their final weight, lowest first), figures/*.png and, on request, tensorboard/. Accuracies are in percent.
+(wall-clock per epoch), checkpoint.pt (every epoch, atomic), best_model.pt (the weights of the epoch chosen on the
+meta set, `selection`), summary.json, suspects.csv (every training sample, most suspect first, with its row or path
+in the source), figures/*.png and, on request, tensorboard/. Accuracies are in percent.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
-import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,19 +27,27 @@ from mwnet.experiment.build import Setup
 from mwnet.experiment.config import TrainConfig, config_to_dict
 from mwnet.experiment.files import append_line, truncate_lines, write_atomic, write_json
 from mwnet.experiment.loop import RunState, evaluate, knows_truth
+from mwnet.experiment.manifest import (
+    MANIFEST,
+    foreign_entries,
+    holds_run,
+    record_files,
+    remove_recorded_files,
+    remove_stale_temps,
+)
 from mwnet.experiment.metrics import rounded
+from mwnet.experiment.selection import SELECTED_MODEL, selection_note
+from mwnet.label_issues import LabelIssues, LabelIssueWarning, rank_from_scores
 from mwnet.methods import Method
+from mwnet.module_state import eval_mode
 
-# Files and folders a run writes; --overwrite removes exactly these, nothing else of the directory.
-RUN_FILES = ("config.json", "metrics.jsonl", "timing.jsonl", "summary.json", "checkpoint.pt", "suspects.csv")
-RUN_FOLDERS = ("figures", "tensorboard")
-_TENSORBOARD_SCALARS = ("lr", "train_loss", "train_acc", "meta_loss", "test_loss", "test_acc", "weight_mean",
-                        "weight_mean_clean", "weight_mean_corrupted", "weight_auroc", "loss_auroc")
-
-
-def holds_run(out: Path) -> bool:
-    """Whether `out` already holds (part of) a run."""
-    return out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+# Files a run writes (figures/*.png and tensorboard/ events besides), listed in its manifest before they are
+# written; --overwrite removes exactly what the manifest lists (`mwnet.experiment.manifest`).
+RUN_FILES = ("config.json", "metrics.jsonl", "timing.jsonl", "summary.json", "checkpoint.pt", "suspects.csv",
+             "best_model.pt")
+BEST_TEST_ACC_NOTE = ("the highest test accuracy over the epochs, as the paper reports it: chosen on the test set, so "
+                      "an optimistic estimate, and its model is not kept; the model to use is best_model.pt "
+                      "(selected_*: chosen on the meta set)")
 
 
 def run_status(run_dir: str | Path) -> Literal["done", "partial", "todo"]:
@@ -50,24 +60,42 @@ def run_status(run_dir: str | Path) -> Literal["done", "partial", "todo"]:
     return "todo"
 
 
-def check_run_directory(out: Path, resume: bool, overwrite: bool, tensorboard: bool) -> None:
-    """ValueError unless `out` can take the run as asked (nothing is written)."""
+def check_run_directory(out: Path, resume: bool, overwrite: bool,
+                        tensorboard: bool) -> Literal["new", "resume", "restart"]:
+    """What `train` is to do with `out`, or ValueError when it cannot (nothing is written); call it with the
+    directory's lock held (`mwnet.experiment.lock`).
+
+    "new": `out` is missing or empty; "resume": continue from checkpoint.pt; "restart": delete the run's files
+    first (--overwrite, or --resume of a run killed before its first checkpoint was complete). A directory that
+    holds anything but a run mwnet wrote (its manifest) is refused, with --overwrite too.
+    """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out is not a directory: {out}")
-    if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise ValueError(f"nothing to resume: no checkpoint.pt in {out}")
-        if not (out / "config.json").is_file():
-            raise ValueError(f"nothing to resume: no config.json in {out}")
-    elif holds_run(out) and not overwrite:
-        raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
     if tensorboard:
         try:
             import tensorboard as _  # noqa: F401
         except ImportError:
             raise ValueError("--tensorboard needs the tensorboard package: pip install mwnet[tensorboard]") from None
+    if holds_run(out):
+        if resume:
+            if not (out / "config.json").is_file():
+                raise ValueError(f"nothing to resume: no config.json in {out} (--overwrite starts the run again)")
+            return "resume" if (out / "checkpoint.pt").is_file() else "restart"
+        if not overwrite:
+            raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it")
+        return "restart"
+    if resume:
+        if (out / "checkpoint.pt").is_file():
+            raise ValueError(f"cannot resume {out}: it holds no {MANIFEST} (a run of an older mwnet?)")
+        raise ValueError(f"nothing to resume: no checkpoint.pt in {out}")
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ValueError(f"{out} is not empty and holds no mwnet run ({shown}): give a new or empty --out"
+                         + (" (--overwrite only replaces a run mwnet wrote)" if overwrite else ""))
+    return "new"
 
 
 class EpochFiles:
@@ -77,14 +105,15 @@ class EpochFiles:
                  tensorboard: bool) -> None:
         """Start or continue the run files in `out`: `epochs_done` is None for a new run, else the epochs the
         checkpoint holds (lines a killed run wrote after its last checkpoint are dropped)."""
+        from mwnet.plots import FIGURES
+
         self.out = out
-        if overwrite:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-            for name in RUN_FOLDERS:
-                if (out / name).is_dir():
-                    shutil.rmtree(out / name)
         out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            remove_recorded_files(out)  # what the manifest lists, nothing else of the directory
+        else:
+            remove_stale_temps(out)  # half-written files of a killed run
+        record_files(out, [*RUN_FILES, *(f"figures/{name}" for name in FIGURES)])
         write_json(out / "config.json", config_to_dict(config))
         for name in ("metrics.jsonl", "timing.jsonl"):
             if epochs_done is None:
@@ -93,20 +122,19 @@ class EpochFiles:
                 truncate_lines(out / name, epochs_done)
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from mwnet.experiment.tensorboard import TensorBoardLog
 
             # purge_step drops events a killed run wrote after its last checkpoint.
-            self.writer = SummaryWriter(log_dir=str(out / "tensorboard"),
-                                        purge_step=epochs_done + 1 if epochs_done else None)
+            folder = out / "tensorboard"
+            before = set(os.listdir(folder)) if folder.is_dir() else set()
+            self.writer = TensorBoardLog(folder, purge_step=epochs_done + 1 if epochs_done else None)
+            record_files(out, sorted(f"tensorboard/{name}" for name in set(os.listdir(folder)) - before))
 
     def write_epoch(self, metrics: dict, timing: dict) -> None:
         append_line(self.out / "metrics.jsonl", json.dumps(rounded(metrics)))
         append_line(self.out / "timing.jsonl", json.dumps(timing))
         if self.writer is not None:
-            for key in _TENSORBOARD_SCALARS:
-                if metrics.get(key) is not None:
-                    self.writer.add_scalar(key, metrics[key], metrics["epoch"])
-            self.writer.flush()
+            self.writer.write_epoch(metrics)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -124,7 +152,7 @@ def finish_run(setup: Setup, state: RunState, out: Path, log: Callable[[str], No
     loader = BatchLoader(split.x_train, split.y_train, batch_size=config.eval_batch_size, shuffle=False, seed=0,
                          device=setup.device, augment=False, mean=split.mean, std=split.std)
     losses, weights = _score_training_set(setup.model, setup.method, loader, len(split.y_train))
-    _write_suspects(out / "suspects.csv", split, weights, losses, knows_truth(split))
+    issues = _write_suspects(out / "suspects.csv", split, weights, losses, knows_truth(split))
 
     last = dict(state.last_record or {})
     if state.diverged is not None:
@@ -146,6 +174,12 @@ def finish_run(setup: Setup, state: RunState, out: Path, log: Callable[[str], No
         "iterations": state.iteration,
         "best_test_acc": last.get("best_test_acc"),
         "best_epoch": last.get("best_epoch"),
+        "best_test_acc_note": BEST_TEST_ACC_NOTE,
+        "selected_model": SELECTED_MODEL if state.selected_epoch else None,
+        "selected_epoch": state.selected_epoch or None,
+        "selected_meta_acc": state.selected_meta_acc if state.selected_epoch else None,
+        "selected_test_acc": state.selected_test_acc,
+        "selected_on": selection_note(config.method) if state.selected_epoch else None,
         "last_test_acc": last.get("test_acc"),
         "last_test_acc_per_class": last.get("test_acc_per_class"),
         "weight_auroc": last.get("weight_auroc"),
@@ -154,7 +188,12 @@ def finish_run(setup: Setup, state: RunState, out: Path, log: Callable[[str], No
         "weight_mean_corrupted": last.get("weight_mean_corrupted"),
         "train_size": len(split.y_train),
         "meta_size": 0 if split.y_meta is None else len(split.y_meta),
+        "meta_source": split.meta_source,
         "test_size": len(split.y_test),
+        "suspects_score": issues.score_name,
+        "suspects_num_issues": issues.num_issues,
+        "suspects_spearman_weight_loss": issues.spearman,
+        "suspects_warning": issues.warning,
         "num_classes": split.num_classes,
         "noise_rate_actual": float(np.mean(np.asarray(split.corrupted, dtype=bool))),
         "train_seconds": round(state.train_seconds, 3),
@@ -174,42 +213,65 @@ def finish_run(setup: Setup, state: RunState, out: Path, log: Callable[[str], No
     write_json(out / "summary.json", summary)
     # A run that diverged in its first epoch has no epoch to draw.
     figures = plot_run(out) if state.epochs_done else []
-    log(f"done: best test accuracy {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}), last "
-        f"{summary['last_test_acc']:.2f}%; {len(figures)} figures and suspects.csv in {out}")
+    selected = "" if not state.selected_epoch else (
+        f"; model chosen on the meta set: epoch {summary['selected_epoch']} (meta {summary['selected_meta_acc']:.2f}%"
+        f", test {summary['selected_test_acc']:.2f}%) in {SELECTED_MODEL}")
+    log(f"done: best test accuracy {summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}, chosen on the "
+        f"test set as the paper reports), last {summary['last_test_acc']:.2f}%{selected}; suspects.csv ranked by "
+        f"{issues.score_name}, {len(figures)} figures in {out}")
     return summary
+
+
+def data_line(setup: Setup) -> str:
+    """One line saying what a run trains on: sizes, and where the meta set came from."""
+    split = setup.split
+    meta = 0 if split.y_meta is None else len(split.y_meta)
+    return (f"data: {split.name}, {len(split.y_train)} training samples, test {len(split.y_test)}; meta set of "
+            f"{meta}: {split.meta_source}")
 
 
 @torch.no_grad()
 def _score_training_set(model: torch.nn.Module, method: Method, loader: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    was_training = model.training
-    model.eval()
     losses = torch.zeros(n, dtype=torch.float64)
     weights = torch.zeros(n, dtype=torch.float64)
-    try:
+    with eval_mode(model):
         for x, y, idx in loader:
             batch_losses = F.cross_entropy(model(x), y, reduction="none")
             losses[idx.cpu()] = batch_losses.double().cpu()
             weights[idx.cpu()] = method.sample_weights(batch_losses, y).double().cpu()
-    finally:
-        model.train(was_training)
     return losses.numpy(), weights.numpy()
 
 
-def _write_suspects(path: Path, split: Any, weights: np.ndarray, losses: np.ndarray, with_truth: bool) -> None:
-    """Training samples ranked by weight, lowest first; ties (e.g. plain CE, where every weight is 1) by loss,
-    highest first, so the ranking always ends in "most suspicious first"."""
-    order = np.lexsort((np.arange(len(weights)), -losses, weights))
-    index = np.asarray(split.train_index)
+def _write_suspects(path: Path, split: Any, weights: np.ndarray, losses: np.ndarray,
+                    with_truth: bool) -> LabelIssues:
+    """Every training sample, most suspect first, ranked by `mwnet.label_issues.rank_from_scores(score="auto")`:
+    by weight (1 − v) where V decreases with the loss, else by loss (right from the first epoch; the returned
+    ranking's `warning` says why). Methods without weights (every weight equal: plain CE) rank by loss.
+
+    Columns: rank, index (in the data set's training set), source_id (the sample's row in the source file or its
+    image path), given_label, score (higher = more suspect; summary.json's suspects_score names it), weight, loss,
+    is_issue (within the estimated number of wrong labels), and true_label, corrupted where the truth is known."""
+    # A diverged model has non-finite losses: those rank first (loss just above the largest finite one, weight 0).
+    finite = np.isfinite(losses)
+    ranked_losses = np.where(finite, losses, (losses[finite].max() + 1.0) if finite.any() else 1.0)
+    ranked_weights = np.where(np.isfinite(weights), weights, 0.0)
+    with warnings.catch_warnings(record=True):  # the warning travels in the result (summary.json, stderr)
+        warnings.simplefilter("always", LabelIssueWarning)
+        issues = rank_from_scores(ranked_losses, None if np.ptp(ranked_weights) == 0 else ranked_weights,
+                                  score="auto", ids=np.asarray(split.train_index, dtype=np.int64))
+    sources = np.asarray(split.source_ids) if split.source_ids is not None else issues.ids
     given = np.asarray(split.y_train)
     truth = np.asarray(split.y_true)
     corrupted = np.asarray(split.corrupted, dtype=bool)
-    header = ["rank", "index", "given_label", "weight", "loss"] + (["true_label", "corrupted"] if with_truth else [])
+    header = ["rank", "index", "source_id", "given_label", "score", "weight", "loss", "is_issue"]
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(header)
-    for rank, i in enumerate(order, start=1):
-        row = [rank, int(index[i]), int(given[i]), f"{weights[i]:.6g}", f"{losses[i]:.6g}"]
+    writer.writerow(header + (["true_label", "corrupted"] if with_truth else []))
+    for rank, i in enumerate(issues.ranking, start=1):
+        row = [rank, int(issues.ids[i]), sources[i], int(given[i]), f"{issues.scores[i]:.6g}", f"{weights[i]:.6g}",
+               f"{losses[i]:.6g}", int(rank <= issues.num_issues)]
         if with_truth:
             row += [int(truth[i]), int(corrupted[i])]
         writer.writerow(row)
     write_atomic(path, text.getvalue())
+    return issues

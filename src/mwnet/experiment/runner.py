@@ -3,12 +3,14 @@
     from mwnet.experiment import resolve_config, train
     summary = train(resolve_config("fmnist-uniform-40", {"method": "ce"}), "runs/ce")
 
-`train` wires the parts together: `build` (the run from its config), `loop` (the epochs), `checkpoint` (the run's
-state in checkpoint.pt), `rundir` (the files of the run directory) and `signals` (Ctrl-C).
+`train` wires the parts together: `lock` (one writer per run directory), `build` (the run from its config), `loop`
+(the epochs), `checkpoint` (the run's state in checkpoint.pt), `rundir` and `manifest` (the files of the run
+directory) and `signals` (Ctrl-C). docs/reliability.md states what survives kills, full disks and concurrency.
 
 Interrupts: SIGINT (Ctrl-C) between two iterations saves a mid-epoch checkpoint, with the loaders' positions,
 and raises `TrainingInterrupted`; `train(..., resume=True)` continues exactly. A hard kill loses at most the
-current epoch: resuming restarts it from the last epoch checkpoint and truncates metrics.jsonl to match.
+current epoch: resuming restarts it from the last epoch checkpoint and truncates metrics.jsonl to match; a run
+killed before its first checkpoint was complete resumes from the beginning.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 from mwnet.experiment.build import build, resolve_device, seed_everything
 from mwnet.experiment.checkpoint import restore_run, save_run
 from mwnet.experiment.config import RUN_FIELDS, TrainConfig, config_difference, load_config, validate_config
+from mwnet.experiment.lock import RunLock
 from mwnet.experiment.loop import LoopHooks, RunState, train_epochs
-from mwnet.experiment.rundir import EpochFiles, check_run_directory, finish_run
+from mwnet.experiment.rundir import EpochFiles, check_run_directory, data_line, finish_run
+from mwnet.experiment.selection import SELECTED_MODEL, save_selected_model
 from mwnet.experiment.signals import sigint_flag
 
 Log = Callable[[str], None]
@@ -36,23 +40,33 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, overwri
 
     Args:
         config: a validated TrainConfig (see `resolve_config`).
-        out: the run directory; one that already holds a run is refused unless `resume` or `overwrite`.
+        out: the run directory: missing or empty for a new run; one that already holds a run is refused unless
+            `resume` or `overwrite`, one that holds anything else always.
         resume: continue the run in `out` from its checkpoint (the config must match the saved one, except for
-            device and data_dir).
-        overwrite: delete the run files in `out` first.
+            device and data_dir); a run with no complete checkpoint starts again from the beginning.
+        overwrite: delete the files the run in `out` wrote (its manifest lists them) first; nothing else.
         tensorboard: also write TensorBoard events to out/tensorboard (needs the tensorboard package).
         progress: a tqdm bar per epoch [False]; None = only when stderr is a terminal.
-        log: receives one line per epoch and a few status lines [silent].
+        log: receives one line per epoch and a few status lines (the first says what was trained on, and where
+            the meta set came from) [silent].
         on_event: receives ("iteration", n) after global iteration n and ("epoch-end", e) after epoch e's
             metrics line is written, before its checkpoint [none]; the resume tests kill the process there.
     Raises:
         ValueError / FileNotFoundError: a bad config, data set or run directory; nothing is written then.
+        RunDirectoryLocked: another process is writing `out` (a ValueError).
+        OSError: the disk is full or `out` cannot be written; the last checkpoint stays valid.
         TrainingInterrupted: SIGINT arrived; the checkpoint in `out` resumes the run.
     """
-    log = log or (lambda _line: None)
-    out = Path(out)
     validate_config(config)
-    check_run_directory(out, resume, overwrite, tensorboard)
+    with RunLock(out):  # held until the run ends: no other process can write `out` meanwhile
+        return _train_locked(config, Path(out), resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+                             progress=progress, log=log or (lambda _line: None), on_event=on_event)
+
+
+def _train_locked(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, tensorboard: bool,
+                  progress: bool | None, log: Log, on_event: Callable[[str, int], None] | None) -> dict[str, Any]:
+    """`train`, with the run directory's lock held."""
+    mode = check_run_directory(out, resume, overwrite, tensorboard)
     device = resolve_device(config.device)
     if resume:
         # The saved run decides the numbers; only the fields that say where to run may change.
@@ -66,21 +80,26 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, overwri
     seed_everything(config.seed)
     setup = build(config, device)
     state = RunState()
-    if resume:
+    if mode == "resume":
         restore_run(out / "checkpoint.pt", setup, state)
 
     # Everything is validated: from here on files are written.
-    files = EpochFiles(out, setup.config, epochs_done=state.epochs_done if resume else None, overwrite=overwrite,
-                       tensorboard=tensorboard)
-    if resume:
+    files = EpochFiles(out, setup.config, epochs_done=state.epochs_done if mode == "resume" else None,
+                       overwrite=mode == "restart", tensorboard=tensorboard)
+    log(data_line(setup))
+    if mode == "resume":
         log(f"resuming {out} at epoch {state.epochs_done + 1}, iteration {state.iteration}")
     else:
+        if resume:
+            log(f"no complete checkpoint in {out} (killed while writing its first one): starting from the beginning")
         save_run(setup, state, out / "checkpoint.pt")  # a run killed before its first epoch ends can be resumed too
     try:
         with sigint_flag() as interrupted:
             hooks = LoopHooks(run_dir=out, save=lambda: save_run(setup, state, out / "checkpoint.pt"),
                               write_epoch=files.write_epoch, log=log, interrupted=interrupted,
-                              show_bar=sys.stderr.isatty() if progress is None else progress, on_event=on_event)
+                              show_bar=sys.stderr.isatty() if progress is None else progress, on_event=on_event,
+                              save_selected=lambda metrics: save_selected_model(setup, metrics,
+                                                                                out / SELECTED_MODEL))
             train_epochs(setup, state, hooks)
     finally:
         files.close()

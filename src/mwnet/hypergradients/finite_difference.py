@@ -29,7 +29,7 @@ def central_difference(problem: VirtualStep, direction: dict[str, Tensor], extra
     primals = {k: p.detach() for k, p in problem.params.items()}
     norm_u = math.sqrt(sum(float(d.pow(2).sum()) for d in direction.values()))
     if norm_u == 0.0:
-        return torch.zeros(problem.targets.shape[0], dtype=problem.losses.dtype, device=problem.losses.device)
+        return torch.zeros(problem.losses.shape, dtype=problem.losses.dtype, device=problem.losses.device)
     norm_w = math.sqrt(sum(float(p.pow(2).sum()) for p in primals.values()))
     eps = extras.epsilon * max(norm_w, 1.0) / norm_u
     full_precision_problem = dataclasses.replace(problem, precision="fp32")

@@ -21,6 +21,8 @@ def last_layer_sensitivity(problem: VirtualStep, weights: Tensor, extras: ModeIn
     layer, features, logits = extras.last_layer, extras.features, extras.logits
     if layer is None or features is None or logits is None:
         raise ValueError("last-layer mode needs the final linear layer, its input features and the logits")
+    if problem.losses.dim() != 1:
+        raise ValueError("last-layer mode needs one loss per sample, not (n, k) loss terms")
     weight_name, bias_name = layer_parameter_names(problem.params, layer)
     lr_w = problem.lrs[weight_name]
     with record_function("mwnet.virtual_step"):

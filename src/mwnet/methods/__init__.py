@@ -59,7 +59,17 @@ def create_method(name: str, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 # Importing the modules registers their methods.
-from mwnet.methods import ce, class_balanced, fine_tune, focal, l2rw, mwnet  # noqa: E402, F401
+from mwnet.methods import (  # noqa: E402, F401
+    ce,
+    class_balanced,
+    cmwnet,
+    cmwnet_sl,
+    fine_tune,
+    focal,
+    frozen_vnet,
+    l2rw,
+    mwnet,
+)
 
 __all__ = ["Method", "MethodContext", "NoOptions", "create_method", "list_methods", "method_class",
            "method_options", "register_method"]

@@ -86,6 +86,11 @@ class Method:
         """(n,) weight as a function of the loss alone (the paper's V(ℓ)), or None where weights depend on more."""
         return torch.ones_like(losses)
 
+    def head_curves(self, losses: Tensor) -> dict[str, Tensor] | None:
+        """Where the weight depends on the class as well (a class-aware V): the weight as a function of the loss
+        for each group of classes, name → (n,); None otherwise."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -102,7 +107,8 @@ class Method:
         `weights` is fixed (n,) weights, or a function of the losses ℓ (n,) whose result is part of the loss and
         differentiated with it (the focal factor).
         """
-        self.model.train()
+        if not self.model.training:  # only then as a whole: a frozen-BN backbone the user put in eval mode stays so
+            self.model.train()
         logits = self.model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
         check_finite_losses(losses)

@@ -39,8 +39,11 @@ def _is_int(value: Any) -> bool:
 
 
 POSITIVE_INT = Check(lambda v: _is_int(v) and v >= 1, "a positive integer")
-POSITIVE = Check(lambda v: v > 0, "positive")
-NON_NEGATIVE = Check(lambda v: v >= 0, ">= 0")
+# Hyper-parameters are finite: an infinite lr or weight decay is a typo, not a setting (NaN fails every comparison).
+POSITIVE = Check(lambda v: math.isfinite(v) and v > 0, "positive and finite")
+NON_NEGATIVE = Check(lambda v: math.isfinite(v) and v >= 0, ">= 0 and finite")
+# A layer width: positive, and small enough that the layer can be allocated (the paper's weight net: 100).
+WIDTH = Check(lambda v: _is_int(v) and 1 <= v <= 2**20, "an integer in [1, 1048576]")
 FINITE_POSITIVE = Check(lambda v: math.isfinite(v) and v > 0, "a finite positive number")
 FINITE_NON_NEGATIVE = Check(lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 

@@ -2,6 +2,7 @@
 
 Every registered model is a plain `nn.Module` whose last layer is an `nn.Linear` at `model.classifier`, with
 `forward_features(x)` returning that layer's input, so `forward(x) == classifier(forward_features(x))`.
+A model of your own needs no registration on the command line: `--model module:callable` (`mwnet.models.user`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from mwnet.models.cnn import SmallCNN, cnn
 from mwnet.models.mlp import MLP, mlp
 from mwnet.models.resnet import BottleneckResNet, CifarResNet, resnet32, resnet50
+from mwnet.models.user import UserModelError, create_user_model, is_model_spec, parse_model_spec
 from mwnet.models.wrn import WideResNet, wrn28_10
 
 __all__ = [
@@ -22,9 +24,13 @@ __all__ = [
     "BottleneckResNet",
     "CifarResNet",
     "SmallCNN",
+    "UserModelError",
     "WideResNet",
     "create",
+    "create_user_model",
+    "is_model_spec",
     "list_models",
+    "parse_model_spec",
     "register_model",
 ]
 

@@ -53,6 +53,8 @@ def cnn(
     hidden: int = 128, channels_last: bool = True,
 ) -> SmallCNN:
     """The small CNN; `channels` sets the conv widths (one pooling block each), `hidden` the feature size."""
+    if not isinstance(channels, (list, tuple)):
+        raise ValueError(f"channels must be a non-empty sequence of positive integers, got {channels!r}")
     channels = tuple(channels)
     if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
         raise ValueError(f"channels must be a non-empty sequence of positive integers, got {channels!r}")

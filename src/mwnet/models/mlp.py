@@ -51,6 +51,8 @@ def mlp(
         in_features = in_channels * input_size * input_size
     if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
         raise ValueError(f"in_features must be a positive integer, got {in_features!r}")
+    if not isinstance(hidden, (int, list, tuple)):
+        raise ValueError(f"hidden must be a positive integer or a sequence of them, got {hidden!r}")
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"hidden must be a positive integer or a sequence of them, got {hidden!r}")

@@ -1,34 +1,12 @@
-"""Which labels are wrong: rank training samples by how much the learned weighting distrusts them.
-
-    rank_from_scores(losses, weights)                     arrays you already have, (N,) each
-    rank_label_issues(model, weight_net, inputs, labels)  a trained classifier and its weight net V
-    label_issues_from_run("runs/mw")                      a run directory of `mwnet train`, without training
-
-Each returns a `LabelIssues`. Scores (higher = more suspect): "weight" is 1 − v, v = V(ℓ) the learned weight;
-"mean-weight" is 1 − v averaged over the weighting functions of the last epochs; "loss" is ℓ. v is a function of ℓ
-alone, so where V decreases over the observed losses the weight ranks samples as the loss does. Where it does not
-(early in training V starts near 0.5 and drifts either way; on a long tail it learns to trust the rare classes'
-high losses), ranking by weight lists the cleanest samples first. "auto" (the default) therefore ranks by weight
-only when Spearman's ρ(v, ℓ) < 0 over the samples, else by loss with a `LabelIssueWarning`. The loss is right from
-the first epoch: networks fit clean labels before they memorise wrong ones, so wrong labels keep high losses.
-
-Number of issues (`threshold`), always a prefix of the ranking. "gmm" (default; DivideMix's rule, Li et al. 2020):
-EM fits a two-component 1-D Gaussian mixture to the scores (rescaled to [0, 1]); the issues score at least t, the
-lowest score above the low component's mean where the high component's posterior exceeds 1/2 (a wider high
-component also wins the far low tail: ignored). "midpoint": scores above the middle of their range (for "weight":
-weights below the midpoint of V's range over the observed losses). A number: scores at or above it. Ties in the
-score go to the higher loss, then to the lower position.
-"""
+"""The ranking behind `mwnet.label_issues`: scores, order and the estimated number of issues (see the package
+docstring for the rules)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,14 +21,6 @@ WeightNet = Callable[[Tensor], Tensor]
 
 class LabelIssueWarning(UserWarning):
     """The learned weights do not decrease with the loss, so they do not single out wrong labels (yet)."""
-
-
-class MissingRunFileError(ValueError):
-    """A run directory lacks a file the ranking needs. Attributes: path (the missing file)."""
-
-    def __init__(self, path: Path, why: str) -> None:
-        self.path = path
-        super().__init__(f"no {path.name} in {path.parent}: {why}")
 
 
 @dataclass(frozen=True)
@@ -229,41 +199,6 @@ def rank_label_issues(model: nn.Module, weight_net: WeightNet | Sequence[WeightN
     return rank_from_scores(losses, rows, score=score, threshold=threshold)
 
 
-def label_issues_from_run(run_dir: str | Path, *, score: str = "auto", threshold: str | float = "gmm",
-                          last_epochs: int = 5, device: str = "auto") -> LabelIssues:
-    """Rank the training samples of a run directory of `mwnet train`, without training.
-
-    Reads suspects.csv (every training sample's loss and weight under the final model); for a run stopped before
-    its end, which has none, scores the training set with the model and method of checkpoint.pt (rebuilding the
-    split from config.json). score="mean-weight" averages the weighting functions V that metrics.jsonl records for
-    the last `last_epochs` epochs [5], each read at the samples' final losses (linear interpolation on the recorded
-    grid). Weights equal for every sample (plain CE, focal) are left out: such runs rank by loss.
-
-    Returns:
-        A `LabelIssues` over the training samples in ascending data-set index; `ids` holds those indices.
-    Raises:
-        MissingRunFileError: suspects.csv and checkpoint.pt + config.json are absent, or metrics.jsonl for
-            "mean-weight"; ValueError: an unreadable file, or arguments as in `rank_from_scores`.
-    """
-    run_dir = Path(run_dir)
-    if isinstance(last_epochs, bool) or not isinstance(last_epochs, int) or last_epochs < 1:
-        raise ValueError(f"last_epochs must be a positive integer, got {last_epochs!r}")
-    if (run_dir / "suspects.csv").is_file():
-        ids, losses, weights = _read_suspects(run_dir / "suspects.csv")
-    elif (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.json").is_file():
-        ids, losses, weights = _score_checkpoint(run_dir, device)
-    else:
-        raise MissingRunFileError(run_dir / "suspects.csv", "the run has not finished, and there is no "
-                                  "checkpoint.pt with its config.json to score the training set from")
-    order = np.argsort(ids, kind="stable")
-    ids, losses, weights = ids[order], losses[order], weights[order]
-    rows = None if np.ptp(weights) == 0 else weights
-    if rows is None and score in ("weight", "mean-weight"):
-        raise ValueError(f"{run_dir} gives every sample the same weight: rank by score='loss' or 'auto'")
-    if score == "mean-weight":
-        rows = _weight_curves(run_dir / "metrics.jsonl", losses, last_epochs)
-    return rank_from_scores(losses, rows, score=score, threshold=threshold, ids=ids)
-
 
 def _finite_array(values: Any, name: str) -> np.ndarray:
     try:
@@ -342,58 +277,3 @@ def _batches(inputs: Any, labels: Any, batch_size: int) -> Iterable[tuple[tuple[
             raise ValueError("each batch must be (x, y) or (x, y, …)")
         x = tuple(batch[0]) if isinstance(batch[0], (tuple, list)) else (batch[0],)
         yield x, torch.as_tensor(batch[1]).long()
-
-
-def _read_suspects(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, losses, weights) from suspects.csv."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = [c for c in ("index", "weight", "loss") if not rows or c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path} has no samples or lacks the column(s) {', '.join(missing)}")
-    try:
-        ids = np.array([int(r["index"]) for r in rows], dtype=np.int64)
-        losses, weights = (np.array([float(r[column]) for r in rows]) for column in ("loss", "weight"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"unreadable {path}: {exc}") from None
-    return ids, losses, weights
-
-
-def _score_checkpoint(run_dir: Path, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, losses, weights) of every training sample under the model and method saved in checkpoint.pt."""
-    from mwnet.data import BatchLoader
-    from mwnet.experiment.build import build, resolve_device
-    from mwnet.experiment.checkpoint import load_checkpoint
-    from mwnet.experiment.config import load_config
-
-    config = load_config(run_dir / "config.json")
-    setup = build(config, resolve_device(device))
-    state = load_checkpoint(run_dir / "checkpoint.pt", map_location=setup.device)
-    try:
-        setup.model.load_state_dict(state["model"])
-        setup.method.load_state_dict(state["method"])
-    except (KeyError, RuntimeError) as exc:
-        raise ValueError(f"{run_dir / 'checkpoint.pt'} does not match its config.json ({str(exc)[:200]})") from None
-    split = setup.split
-    loader = BatchLoader(split.x_train, split.y_train, batch_size=setup.config.eval_batch_size, shuffle=False,
-                         device=setup.device, mean=split.mean, std=split.std)
-    losses, _ = _score_samples(setup.model, None, loader, None, 1, setup.device, None)
-    y = torch.as_tensor(split.y_train, device=setup.device)
-    with torch.no_grad():
-        weights = setup.method.sample_weights(torch.as_tensor(losses, dtype=torch.float32, device=setup.device), y)
-    return np.asarray(split.train_index, dtype=np.int64), losses, weights.double().cpu().numpy()
-
-
-def _weight_curves(path: Path, losses: np.ndarray, last_epochs: int) -> np.ndarray:
-    """(E, N) the weighting functions metrics.jsonl records for the last E ≤ last_epochs epochs, at `losses`."""
-    if not path.is_file():
-        raise MissingRunFileError(path, "score='mean-weight' averages the weighting functions it records")
-    try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        curves = [np.interp(losses, np.asarray(c["loss"], float), np.asarray(c["weight"], float))
-                  for c in (r.get("weight_curve") for r in records) if c]
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-        raise ValueError(f"unreadable weight curves in {path}") from None
-    if not curves:
-        raise ValueError(f"{path} records no weighting function: score='mean-weight' needs a method with one (mwnet)")
-    return np.stack(curves[-last_epochs:])

@@ -1,0 +1,55 @@
+"""Worker processes that end with the process that started them.
+
+`mwnet compare --jobs N` trains cells in worker processes. If the main process is killed (SIGKILL, the
+out-of-memory killer, a closed terminal), its workers must not live on: orphans would keep training and writing
+their cells while the rerun that the user was told to start resumes the same cells. Each worker therefore calls
+`die_with_parent` first:
+
+* on Linux, `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the kernel kills the worker the moment its parent ends;
+* everywhere, a watchdog thread waits on the pipe that multiprocessing keeps open from the parent
+  (`multiprocessing.parent_process().sentinel`), which the kernel closes when the parent ends, then ends the worker.
+
+A parent that died before either was in place is caught by comparing the parent's pid. A worker ended this way
+leaves its cell as a kill would (the last checkpoint valid, a temporary file at most, which the rerun removes), and
+each cell's run-directory lock (`mwnet.experiment.lock`) keeps any process that still survived from sharing a cell
+with the rerun.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The exit status of a worker whose parent died (what a shell reports for SIGKILL).
+ORPHAN_EXIT = 128 + signal.SIGKILL
+
+
+def die_with_parent(parent_pid: int, *, use_prctl: bool = True) -> None:
+    """Make this process end as soon as process `parent_pid` (its parent) ends; see the module's docstring.
+
+    Args:
+        parent_pid: the parent's pid, read by the parent itself (os.getpid() there).
+        use_prctl: use the Linux parent-death signal where available [True]; the watchdog runs either way.
+    """
+    if use_prctl and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc symbol: the watchdog still applies
+            pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid == parent_pid:
+        thread = threading.Thread(target=_end_with, args=(parent,), name="mwnet-parent-watchdog", daemon=True)
+        thread.start()
+    if os.getppid() != parent_pid:  # the parent died before the watch began
+        os._exit(ORPHAN_EXIT)
+
+
+def _end_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns when the parent's end of the pipe closes: the parent has ended
+    os._exit(ORPHAN_EXIT)  # at once, without cleanup: the last checkpoint on disk is what a rerun resumes
