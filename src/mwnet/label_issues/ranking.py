@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mwnet.module_state import eval_mode
+
 SCORES = ("auto", "weight", "mean-weight", "loss")
 THRESHOLDS = ("gmm", "midpoint")
 WeightNet = Callable[[Tensor], Tensor]
@@ -234,21 +236,16 @@ def _score_samples(model: nn.Module, weight_net: WeightNet | Sequence[WeightNet]
     params = [next(v.parameters(), None) if isinstance(v, nn.Module) else None for v in nets]
     losses: list[Tensor] = []
     weights: list[list[Tensor]] = [[] for _ in nets]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, y in _batches(inputs, labels, batch_size):
-                x = tuple(t.to(device) for t in x)
-                batch = loss_fn(model(*x), y.to(device))
-                if batch.shape != y.shape:
-                    raise ValueError(f"loss_fn must return one loss per sample, shape {tuple(y.shape)}, got "
-                                     f"{tuple(batch.shape)}")
-                losses.append(batch.double().cpu())
-                for net, param, out in zip(nets, params, weights):  # V on its own device and dtype
-                    out.append(net(batch if param is None else batch.to(param.device, param.dtype)).double().cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():  # every sub-module's mode comes back as the user set it
+        for x, y in _batches(inputs, labels, batch_size):
+            x = tuple(t.to(device) for t in x)
+            batch = loss_fn(model(*x), y.to(device))
+            if batch.shape != y.shape:
+                raise ValueError(f"loss_fn must return one loss per sample, shape {tuple(y.shape)}, got "
+                                 f"{tuple(batch.shape)}")
+            losses.append(batch.double().cpu())
+            for net, param, out in zip(nets, params, weights):  # V on its own device and dtype
+                out.append(net(batch if param is None else batch.to(param.device, param.dtype)).double().cpu())
     if not losses:
         raise ValueError("inputs hold no samples")
     rows = np.stack([torch.cat(w).numpy() for w in weights]) if nets else None

@@ -89,7 +89,8 @@ class FineTune(Method):
         if x_meta is None or y_meta is None:
             raise ValueError(f"fine-tune needs a meta batch in its fine-tuning epochs (epoch {self.epoch + 1})")
         model = self.model
-        model.train()
+        if not model.training:  # only then as a whole: a frozen-BN backbone the user put in eval mode stays so
+            model.train()
         # The training batch only for the report: train mode like every other method's forward, but on clones of
         # the buffers so that its batch statistics do not enter the running statistics.
         with torch.no_grad():

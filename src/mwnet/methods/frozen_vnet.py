@@ -109,7 +109,8 @@ class FrozenWeightNetMethod(Method):
         self.weight_net, self.normalize = load_weight_net(options.weight_net_from, context.device)
 
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor | None = None, y_meta: Tensor | None = None) -> StepResult:
-        self.model.train()
+        if not self.model.training:  # only then as a whole: a frozen-BN backbone the user put in eval mode stays so
+            self.model.train()
         logits = self.model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
         check_finite_losses(losses)
