@@ -20,6 +20,7 @@ Runs go to --work (not committed; an interrupted run resumes from its checkpoint
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -207,11 +208,12 @@ def step_times(args: argparse.Namespace, rounds: int = 7, steps: int = 30) -> di
     setups = {m: build(config_for(args, "fmnist-uniform-40", 0, method=m, **extra), torch.device("cpu"))
               for m, extra in (("ce", {}), ("frozen-vnet", {"weight_net_from": v_from}), ("mwnet", {}))}
     times: dict[str, list[float]] = {m: [] for m in setups}
+    batches = {m: (batch for _ in itertools.count() for batch in setup.loader) for m, setup in setups.items()}
     for round_ in range(rounds + 1):  # round 0 warms up, untimed
         for method, setup in setups.items():
-            batches, meta = iter(setup.loader), iter(setup.meta)
+            meta = setup.meta
             for _ in range(steps):
-                x, y, _ = next(batches)
+                x, y, _ = next(batches[method])
                 xm, ym, *_ = next(meta) if setup.method.wants_meta() else (None, None)
                 start = time.perf_counter()
                 setup.method.step(x, y, xm, ym)

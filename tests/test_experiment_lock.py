@@ -49,7 +49,7 @@ def holder(tmp_path):
 def test_a_second_process_is_refused_naming_the_holder(holder, capsys, monkeypatch, command):
     out, process = holder
     monkeypatch.setattr(demo_cli, "_fashion_mnist_available", lambda data_dir: False)
-    code, stdout, stderr = run([*command, "--out", str(out)], capsys)
+    code, _, stderr = run([*command, "--out", str(out)], capsys)
     assert code == 2, stderr
     assert stderr == (f"mwnet: error: {out} is in use by process {process.pid} (an mwnet train, compare or demo "
                       f"writing it): wait for it to end or stop it, then run again\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,33 @@ def test_overwriting_a_run_keeps_the_users_files_in_it(tmp_path, capsys):
     assert (tmp_path / "figures" / "annotated.png").read_text() == "mine" and (tmp_path / "notes.md").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 1 and first["seed"] == 0
     assert "figures/test_accuracy.png" in recorded_files(tmp_path) and "notes.md" not in recorded_files(tmp_path)
+
+
+def test_tensorboard_event_files_are_recorded_and_the_users_kept(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import mwnet.experiment.tensorboard as tensorboard_log
+    from mwnet.experiment.config import resolve_config
+    from mwnet.experiment.runner import train
+
+    class FakeLog:  # stands in for TensorBoardLog where the tensorboard package is absent: one events file
+        def __init__(self, log_dir, purge_step=None):
+            _write(Path(log_dir) / f"events.out.tfevents.{len(os.listdir(tmp_path))}.host.1", "events")
+
+        def write_epoch(self, metrics):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "tensorboard", types.ModuleType("tensorboard"))
+    monkeypatch.setattr(tensorboard_log, "TensorBoardLog", FakeLog)
+    config = resolve_config(None, {"dataset": "digits", "model": "mlp", "model_options": {"hidden": [16]},
+                                   "epochs": 1, "device": "cpu"})
+    train(config, tmp_path, tensorboard=True)
+    events = [name for name in recorded_files(tmp_path) if name.startswith("tensorboard/")]
+    assert len(events) == 1 and (tmp_path / events[0]).is_file()
+    _write(tmp_path / "tensorboard" / "my-notes.txt", "mine")
+    train(config, tmp_path, overwrite=True)  # no --tensorboard this time: the old events go
+    assert os.listdir(tmp_path / "tensorboard") == ["my-notes.txt"]

@@ -59,6 +59,21 @@ if __name__ == "__main__":
     sys.exit(main(["compare", *sys.argv[1:]]))
 """
 
+# `mwnet compare ARGS` whose spawned workers take a few seconds to start (they import this file as their main
+# module, announcing themselves in $MARKERS first): a Ctrl-C then reaches them while Python is starting them up.
+SLOW_START_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+
+if __name__ == "__mp_main__":
+    (Path(os.environ["MARKERS"]) / str(os.getpid())).touch()
+    time.sleep(3)
+
+if __name__ == "__main__":
+    from mwnet.cli import main
+    sys.exit(main(["compare", *sys.argv[1:]]))
+"""
+
 GRID = ["--settings", "demo-digits", "--methods", "ce,mwnet", "--epochs", "2", "--device", "cpu", "--set",
         'model_options={"hidden": [32]}', "--quiet", "--jobs", "2", "--threads", "1"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
@@ -134,3 +149,25 @@ def test_compare_killed_mid_grid_leaves_no_worker_and_resumes_to_the_uninterrupt
         assert (cell / "metrics.jsonl").read_bytes() == expected.read_bytes()  # every epoch once, same numbers
     reference_table = (reference / "results.md").read_text().split("## Best")[1]
     assert (out / "results.md").read_text().split("## Best")[1] == reference_table
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals a process group")
+def test_two_ctrl_c_while_workers_start_print_no_traceback(tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    script = tmp_path / "slow_start.py"
+    script.write_text(SLOW_START_SCRIPT)
+    with subprocess.Popen([sys.executable, str(script), *GRID, "--out", str(tmp_path / "grid")],
+                          env={**ENV, "MARKERS": str(markers)}, start_new_session=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as compare:
+        try:
+            assert _wait_until(lambda: len(os.listdir(markers)) == 2, 240)
+            os.killpg(compare.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group, workers included
+            time.sleep(0.2)
+            os.killpg(compare.pid, signal.SIGINT)
+            _, stderr = compare.communicate(timeout=120)
+        finally:
+            if compare.poll() is None:
+                os.killpg(compare.pid, signal.SIGKILL)
+    assert compare.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "mwnet: interrupted"

@@ -109,7 +109,8 @@ def test_weights_that_grow_with_the_loss_fall_back_to_the_loss_with_a_warning():
     rng = np.random.default_rng(3)
     losses = rng.exponential(1.0, 100)
     growing = 1 / (1 + np.exp(-losses))
-    with pytest.warns(LabelIssueWarning, match=r"do not decrease with the loss \(Spearman ρ = \+1\.000\).*by loss"):
+    trend = r"do not decrease with the loss \(Spearman ρ = \+1\.000, not <= -0\.9\).*by loss"
+    with pytest.warns(LabelIssueWarning, match=trend):
         auto = rank_from_scores(losses, growing)
     assert auto.score_name == "loss" and "ranking by loss instead" in auto.warning
     np.testing.assert_array_equal(auto.ranking, np.argsort(-losses, kind="stable"))
@@ -119,6 +120,11 @@ def test_weights_that_grow_with_the_loss_fall_back_to_the_loss_with_a_warning():
     np.testing.assert_allclose(forced.scores, 1 - growing)
     with pytest.warns(LabelIssueWarning, match="are constant"):
         assert rank_from_scores(losses, np.full(100, 0.5)).score_name == "loss"
+    # Weights that fall with the loss only on the whole (a class-aware V sets each class its own level) rank by loss.
+    mixed = 1 - growing + rng.normal(0, 0.1, 100)
+    with pytest.warns(LabelIssueWarning, match="not <= -0.9"):
+        loose = rank_from_scores(losses, mixed)
+    assert -0.9 < loose.spearman < -0.3 and loose.score_name == "loss"
     # Decreasing weights are trusted, silently (warnings are errors in this suite).
     assert rank_from_scores(losses, 1 - growing).score_name == "weight"
     assert rank_from_scores(losses, growing, score="loss").warning is None

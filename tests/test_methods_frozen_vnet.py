@@ -61,6 +61,28 @@ def test_a_step_is_weighted_cross_entropy_with_the_frozen_weights(tmp_path, norm
     torch.testing.assert_close(method.weight_curve(grid), v(grid).detach(), rtol=0, atol=0)
 
 
+def test_the_first_third_of_the_epochs_is_plain_cross_entropy(tmp_path):
+    source = save_weight_net_run(tmp_path / "v", weight_net())
+    model, twin = make_mlp(5, 7, 3, dtype=torch.float32), make_mlp(5, 7, 3, dtype=torch.float32)
+    method = create_method("frozen-vnet", model, torch.optim.SGD(model.parameters(), lr=0.3),
+                           MethodContext(3, (4, 4, 4), epochs=7), weight_net_from=str(source))
+    ce = create_method("ce", twin, torch.optim.SGD(twin.parameters(), lr=0.3), MethodContext(3, (4, 4, 4)))
+    assert method.warmup_epochs == 2  # 7 // 3
+    x, y = torch.randn(12, 5, generator=torch.Generator().manual_seed(2)), torch.arange(12) % 3
+    for epoch in range(2):
+        method.start_epoch(epoch)
+        a, b = method.step(x, y), ce.step(x, y)
+        assert torch.equal(a.weights, torch.ones(12)) and a.loss == pytest.approx(b.loss, rel=1e-6)
+    method.start_epoch(2)
+    with torch.no_grad():
+        expected = weight_net()(F.cross_entropy(model(x), y, reduction="none"))
+    torch.testing.assert_close(method.step(x, y).weights, expected, rtol=0, atol=0)
+    explicit = create_method("frozen-vnet", model, torch.optim.SGD(model.parameters(), lr=0.3),
+                             MethodContext(3, (4, 4, 4), epochs=7), weight_net_from=str(source),
+                             weight_net_warmup_epochs=0)
+    assert explicit.warmup_epochs == 0 and explicit.weighting
+
+
 def test_a_run_needs_no_meta_set_and_never_changes_v(tmp_path):
     source = save_weight_net_run(tmp_path / "source", weight_net())
     source_bytes = (source / "checkpoint.pt").read_bytes()

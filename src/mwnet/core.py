@@ -42,6 +42,7 @@ from mwnet.losses import NORMALIZATIONS, LossFn, mean_cross_entropy, normalize_w
 from mwnet.module_state import check_owned, trainable_parameters, uncompiled, undo_point
 from mwnet.precision import check_precision
 from mwnet.step import FirstForward, StepOptions, StepResult, Weighting, reweighted_step
+from mwnet.weighting import apply_weight_net
 
 
 class ForwardModeFallbackWarning(UserWarning):
@@ -288,14 +289,6 @@ class MetaReweighter:
         A weight net with `uses_targets = True` (class-aware, e.g. `ClassAwareWeightNet`) is called as
         V(ℓ, y) with the observed labels; every other one as V(ℓ), so plain MW-Net is untouched.
         """
-        reference = next(self.weight_net.parameters())
-        moved = losses.to(dtype=reference.dtype, device=reference.device)
-        if getattr(self.weight_net, "uses_targets", False):
-            if targets is None:
-                raise ValueError("this weight net needs the samples' labels: pass targets")
-            out = self.weight_net(moved, targets.to(reference.device))
-        else:
-            out = self.weight_net(moved)
-        return out.to(dtype=losses.dtype, device=losses.device)
+        return apply_weight_net(self.weight_net, losses, targets)
 
 

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from mwnet.experiment.aggregate import write_results
     from mwnet.experiment.execution import GridInterrupted, run_grid
     from mwnet.experiment.grid import check_cells
+    from mwnet.experiment.lock import RunLock
     from mwnet.methods.options import POSITIVE_INT
 
     if args.dry_run and args.report_only:
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         if not out.is_dir():
             raise CLIError(f"no such directory: {out}")
-        check_cells(grid, out)
-        results = write_results(grid, out, command=command)
+        with RunLock(out):  # a running grid rewrites the tables itself: one writer at a time
+            check_cells(grid, out)
+            results = write_results(grid, out, command=command)
         print(f"{results['cells_done']} of {results['cells_total']} cells finished; wrote {out / 'results.md'} "
               f"and {out / 'results.json'}")
         return 0

@@ -30,7 +30,7 @@ from mwnet.experiment.markdown import count
 from mwnet.experiment.rundir import run_status
 from mwnet.experiment.runner import train
 from mwnet.experiment.signals import TrainingInterrupted
-from mwnet.experiment.workers import die_with_parent
+from mwnet.experiment.workers import die_with_parent, sigint_ignored_while_starting
 from mwnet.methods.options import POSITIVE_INT
 
 Log = Callable[[str], None]
@@ -198,8 +198,9 @@ def _run_pool(tasks: list[Task], jobs: int, threads: int, epoch_lines: bool, log
                                initargs=(threads, stop, os.getpid()))
     pending = {}
     try:
-        for task in tasks:  # the pool takes them in submission order: the priority order
-            pending[pool.submit(_run_task, task, epoch_lines)] = task
+        with sigint_ignored_while_starting():  # submitting starts the workers
+            for task in tasks:  # the pool takes them in submission order: the priority order
+                pending[pool.submit(_run_task, task, epoch_lines)] = task
         for task in tasks[:jobs]:
             log(_starting(task))
         started = min(jobs, len(tasks))
@@ -258,6 +259,8 @@ def _run_task(task: Task, epoch_lines: bool) -> tuple[str, Any]:
                         log=epoch_log)
     except TrainingInterrupted as exc:  # its constructor does not survive pickling: pass the message on
         return "interrupted", str(exc)
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint on disk resumes the cell
+        return "interrupted", "aborted by a second Ctrl-C; its last checkpoint resumes it"
     except (ValueError, FileNotFoundError) as exc:
         return "failed", first_line(exc)
     except Exception as exc:

@@ -125,10 +125,11 @@ class EpochFiles:
             from mwnet.experiment.tensorboard import TensorBoardLog
 
             # purge_step drops events a killed run wrote after its last checkpoint.
+            # Event files are named by time, host and pid: recorded as soon as the writer has created them.
             folder = out / "tensorboard"
-            before = set(os.listdir(folder)) if folder.is_dir() else set()
+            before = _entries(folder)
             self.writer = TensorBoardLog(folder, purge_step=epochs_done + 1 if epochs_done else None)
-            record_files(out, sorted(f"tensorboard/{name}" for name in set(os.listdir(folder)) - before))
+            record_files(out, sorted(f"tensorboard/{name}" for name in _entries(folder) - before))
 
     def write_epoch(self, metrics: dict, timing: dict) -> None:
         append_line(self.out / "metrics.jsonl", json.dumps(rounded(metrics)))
@@ -139,6 +140,10 @@ class EpochFiles:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _entries(folder: Path) -> set[str]:
+    return set(os.listdir(folder)) if folder.is_dir() else set()
 
 
 def finish_run(setup: Setup, state: RunState, out: Path, log: Callable[[str], None]) -> dict[str, Any]:

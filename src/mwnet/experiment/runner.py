@@ -91,7 +91,8 @@ def _train_locked(config: TrainConfig, out: Path, *, resume: bool, overwrite: bo
         log(f"resuming {out} at epoch {state.epochs_done + 1}, iteration {state.iteration}")
     else:
         if resume:
-            log(f"no complete checkpoint in {out} (killed while writing its first one): starting from the beginning")
+            log(f"no complete checkpoint in {out} (the run stopped while writing its first one): starting from the "
+                f"beginning")
         save_run(setup, state, out / "checkpoint.pt")  # a run killed before its first epoch ends can be resumed too
     try:
         with sigint_flag() as interrupted:

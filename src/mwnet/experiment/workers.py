@@ -23,6 +23,8 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The exit status of a worker whose parent died (what a shell reports for SIGKILL).
@@ -48,6 +50,21 @@ def die_with_parent(parent_pid: int, *, use_prctl: bool = True) -> None:
         thread.start()
     if os.getppid() != parent_pid:  # the parent died before the watch began
         os._exit(ORPHAN_EXIT)
+
+
+@contextmanager
+def sigint_ignored_while_starting() -> Iterator[None]:
+    """Ignore SIGINT in this process while worker processes are started inside: they inherit the ignored signal,
+    so a Ctrl-C that reaches them while Python is still starting up (importing torch) interrupts nothing and prints
+    no traceback; `train` installs its own handler once a cell runs. (Outside the main thread: no effect.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _end_with(parent: multiprocessing.process.BaseProcess) -> None:

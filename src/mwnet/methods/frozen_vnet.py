@@ -2,7 +2,11 @@
 
 CMW-Net (Shu et al., TPAMI 2023) shows that a learned V(ℓ) transfers to other data and noise. Frozen, V needs no
 meta set and no bi-level step: each iteration is the weighted real update of docs/algorithm.md ("One iteration",
-step 4) alone, Σᵢ ṽᵢ ℓᵢ with vᵢ = V(ℓᵢ) under no_grad, at about the cost of plain cross-entropy. It is a method of
+step 4) alone, Σᵢ ṽᵢ ℓᵢ with vᵢ = V(ℓᵢ) under no_grad, at about the cost of plain cross-entropy. The first epochs
+are plain CE (`weight_net_warmup_epochs`, a third of the run by default): V was learned on the losses of a model
+that had fitted the clean labels; on a fresh model's losses (all ≈ ln K) it favours whichever samples the model
+happens to fit first, and without a meta set to correct it that feedback collapsed a Fashion-MNIST run to one
+class within its first epoch (measured, benchmarks/label-issues). It is a method of
 its own, not an option of `mwnet`, because it shares none of MW-Net's step (no meta batch, no virtual step, no V
 optimiser): `uses_meta` is False for the class, and MW-Net's meta options cannot silently do nothing here.
 """
@@ -21,7 +25,7 @@ from torch import Tensor
 from mwnet.losses import normalize_weights
 from mwnet.methods import register_method
 from mwnet.methods.base import Method, MethodContext, check_finite_losses
-from mwnet.methods.options import option
+from mwnet.methods.options import NON_NEGATIVE, option
 from mwnet.step import StepResult
 from mwnet.weighting import MetaWeightNet
 
@@ -41,6 +45,9 @@ class FrozenWeightNetOptions:
     weight_net_from: str | None = option(
         None, "method frozen-vnet: train with the frozen weight net V of this earlier mwnet run directory (its "
               "checkpoint.pt); needs no meta set (--num-meta 0), costs about as much as CE")
+    weight_net_warmup_epochs: int | None = option(
+        None, "method frozen-vnet: epochs of plain CE before the frozen V weights the samples (V misreads a fresh "
+              "model's losses) [a third of the epochs]", check=NON_NEGATIVE)
 
 
 def load_weight_net(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[MetaWeightNet, str]:
@@ -107,6 +114,12 @@ class FrozenWeightNetMethod(Method):
             raise ValueError("method 'frozen-vnet' needs weight_net_from (--weight-net-from RUN_DIR): the mwnet "
                              "run whose weight net it reuses")
         self.weight_net, self.normalize = load_weight_net(options.weight_net_from, context.device)
+        warmup = options.weight_net_warmup_epochs
+        self.warmup_epochs = context.epochs // 3 if warmup is None else warmup
+        self.weighting = self.warmup_epochs == 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.weighting = epoch >= self.warmup_epochs
 
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor | None = None, y_meta: Tensor | None = None) -> StepResult:
         if not self.model.training:  # only then as a whole: a frozen-BN backbone the user put in eval mode stays so
@@ -114,8 +127,9 @@ class FrozenWeightNetMethod(Method):
         logits = self.model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
         check_finite_losses(losses)
-        weights = self.sample_weights(losses, y)
-        loss = (normalize_weights(weights.to(losses.dtype), self.normalize) * losses).sum()
+        weights = self.sample_weights(losses, y) if self.weighting else torch.ones_like(losses)
+        loss = (normalize_weights(weights.to(losses.dtype), self.normalize if self.weighting else "mean")
+                * losses).sum()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
