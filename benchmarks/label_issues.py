@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=10_000, help="training subset of the noise settings")
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' epochs (smoke tests)")
     parser.add_argument("--no-reuse", action="store_true")
+    parser.add_argument("--no-step-times", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("runs/label-issues"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/label-issues"))
@@ -73,7 +74,7 @@ def main() -> None:
                         if source in settings and target in settings and (seed, target) != (0, source):
                             piece(args, f"{target}/seed{seed}/frozen-from-{source}-s0",
                                   lambda s=source, t=target, k=seed: reuse(args, s, t, k))
-        if "fmnist-uniform-40" in settings and (args.work / "fmnist-uniform-40/seed0/run-mwnet").is_dir():
+        if not args.no_step_times and (args.work / "fmnist-uniform-40/seed0/run-mwnet").is_dir():
             piece(args, "step-times", lambda: step_times(args))
     report(args, settings, seeds)
 
@@ -290,8 +291,7 @@ def report(args: argparse.Namespace, settings: list[str], seeds: list[int]) -> N
             retrained = [c[f"retrain-{key}"] for c in cells[setting].values() if f"retrain-{key}" in c]
             estimate = (f"{_mean(runs, 'num_estimated', 0)} / {_mean(runs, 'precision_estimated')} / "
                         f"{_mean(runs, 'recall_estimated')}")
-            again = (f"{_mean(retrained, 'best_test_acc', 2)} / {_mean(retrained, 'last_test_acc', 2)}"
-                     if retrained else "")
+            again = _acc(retrained) if retrained else f"(nothing removed: {_acc(runs)})" if key == "ce" else ""
             lines.append(f"| {setting} | {label.format(folds=folds)} | {len(runs)} | {_mean(runs, 'auroc')} | "
                          f"{_mean(runs, 'precision_at_k')} | {estimate} | {_mean(runs, 'train_seconds', 0)} | "
                          f"{again} |")
