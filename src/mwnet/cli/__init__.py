@@ -28,7 +28,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line and exit code 2 (argparse's own code, with a shorter text)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"mwnet: error: {message}\n")
+        from mwnet.experiment.ranks import launched_rank
+
+        # Under torchrun every process parses the same command line: rank 0 alone says what is wrong.
+        self.exit(2, f"mwnet: error: {message}\n" if launched_rank() == 0 else None)
 
 
 def add_command(subparsers: Any, doc: str | None, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -65,12 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mwnet.experiment.files import first_line
+    from mwnet.experiment.ranks import OtherRankCrashed, is_reported_by_rank_0, launched_world_size, reported_by_rank_0
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command != "train" and launched_world_size() > 1:
+            raise reported_by_rank_0(CLIError(f"`mwnet {args.command}` does not run under torchrun: only `mwnet "
+                                              "train` does (see docs/distributed.md)"))
         result = args.func(args)
+    except OtherRankCrashed as exc:
+        if not is_reported_by_rank_0(exc):
+            print(f"mwnet: error: {first_line(exc)}", file=sys.stderr)
+        return 1
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        if is_reported_by_rank_0(exc):  # several processes: rank 0 prints the one message
+            return 2
         message = first_line(exc)
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
             message = f"{message}: {exc.filename}"

@@ -50,13 +50,32 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mwnet.experiment.config import apply_overrides, load_config, resolve_config, validate_config
     from mwnet.experiment.presets import PRESETS
+    from mwnet.experiment.ranks import agreement, is_agreed, start_process_group, stop_process_group
 
     if args.list_presets:
         for name in sorted(PRESETS):
             print(f"{name}: {json.dumps(PRESETS[name])}")
         return 0
+    ranks = start_process_group()  # under torchrun: join the other processes (mwnet.experiment.ranks)
+    try:
+        with agreement(ranks, (CLIError,)):  # a rank that cannot read a file stops every rank, with its message
+            config, out = _resolve(args)
+        summary = train_logged(config, out, resume=args.resume, overwrite=args.overwrite,
+                               tensorboard=args.tensorboard, quiet=args.quiet)
+    except Exception as exc:
+        if ranks is not None and is_agreed(exc):
+            stop_process_group(ranks)
+        raise
+    if ranks is not None:
+        stop_process_group(ranks)
+    return 130 if summary is None else 0
+
+
+def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """The run's config and directory from the flags (a preset, --config or the run to resume, then overrides)."""
+    from mwnet.experiment.config import apply_overrides, load_config, resolve_config, validate_config
+
     overrides = _overrides(args)
     out = Path(args.out) if args.out else _default_out(args.preset, overrides)
     if args.resume:
@@ -75,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
         validate_config(config)
     else:
         config = resolve_config(args.preset, overrides)
-    summary = train_logged(config, out, resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard,
-                           quiet=args.quiet)
-    return 130 if summary is None else 0
+    return config, out
 
 
 def train_logged(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, tensorboard: bool,
@@ -91,6 +108,10 @@ def train_logged(config: TrainConfig, out: Path, *, resume: bool, overwrite: boo
         return runner.train(config, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
                             progress=False if quiet else None, log=None if quiet else print_line)
     except TrainingInterrupted as exc:
+        from mwnet.experiment.ranks import launched_rank
+
+        if launched_rank() > 0:
+            return None
         print(f"mwnet: interrupted in epoch {exc.epoch} at iteration {exc.iteration}; checkpoint saved. Resume "
               f"with: mwnet train --out {out} --resume", file=sys.stderr)
         return None

@@ -36,6 +36,7 @@ class Setup:
     iterations_per_epoch: int
     total_iterations: int
     epochs: int
+    ranks: Any = None  # mwnet.experiment.ranks.Ranks when several processes train the run (torchrun), else None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -64,11 +65,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(config: TrainConfig, device: torch.device) -> Setup:
-    """Load the data, split it, resolve "auto" fields and build model, optimizer, schedule, method and loaders."""
+def build(config: TrainConfig, device: torch.device, ranks: Any = None) -> Setup:
+    """Load the data, split it, resolve "auto" fields and build model, optimizer, schedule, method and loaders.
+
+    With `ranks` (several processes), the loaders yield this rank's block of each global batch, the device is the
+    rank's own, and each rank gets its own random stream once the model is built (mwnet.experiment.ranks).
+    """
     from mwnet import models
     from mwnet.data import BatchLoader, MetaSampler, load_dataset, make_split
 
+    if ranks is not None:
+        ranks.check_method(config.method)
+        device = ranks.device(device)
+    shard = None if ranks is None else ranks.shard
     dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     split = make_split(dataset, noise=config.noise, imbalance=config.imbalance, num_meta=config.num_meta,
                        meta_per_class=config.meta_per_class, train_subset=config.train_subset, seed=config.seed,
@@ -100,14 +109,20 @@ def build(config: TrainConfig, device: torch.device) -> Setup:
     method = create_method(config.method, model, optimizer, context, **method_arguments(config))
     if method.uses_meta and meta_size == 0:
         raise ValueError(f"method {config.method!r} needs a clean meta set: give --num-meta or --meta-per-class")
+    if ranks is not None:
+        ranks.check_batches("training", "--batch-size", train_size, config.batch_size)
+        if meta_size:
+            ranks.check_batches("meta", "--meta-batch-size", meta_size, config.meta_batch_size)
     loader = BatchLoader(split.x_train, split.y_train, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                         device=device, augment=config.augment, mean=split.mean, std=split.std)
+                         device=device, augment=config.augment, mean=split.mean, std=split.std, shard=shard)
     meta = None
     if meta_size:
         meta = MetaSampler(split.x_meta, split.y_meta, batch_size=min(config.meta_batch_size, meta_size),
                            seed=config.seed + 1, device=device, augment=config.augment, mean=split.mean,
-                           std=split.std)
+                           std=split.std, shard=shard)
     test_loader = BatchLoader(split.x_test, split.y_test, batch_size=config.eval_batch_size, shuffle=False,
-                              seed=0, device=device, augment=False, mean=split.mean, std=split.std)
+                              seed=0, device=device, augment=False, mean=split.mean, std=split.std, shard=shard)
+    if ranks is not None:
+        ranks.seed_streams(config.seed)
     return Setup(config, device, split, model, optimizer, scheduler, method, loader, meta, test_loader,
-                 iterations_per_epoch, total, epochs)
+                 iterations_per_epoch, total, epochs, ranks)

@@ -23,6 +23,7 @@ from mwnet.experiment.build import build, resolve_device, seed_everything
 from mwnet.experiment.checkpoint import restore_run, save_run
 from mwnet.experiment.config import RUN_FIELDS, TrainConfig, config_difference, load_config, validate_config
 from mwnet.experiment.loop import LoopHooks, RunState, train_epochs
+from mwnet.experiment.ranks import agreement, current_ranks, resume_streams
 from mwnet.experiment.rundir import EpochFiles, check_run_directory, finish_run
 from mwnet.experiment.signals import sigint_flag
 
@@ -45,43 +46,59 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, overwri
         log: receives one line per epoch and a few status lines [silent].
         on_event: receives ("iteration", n) after global iteration n and ("epoch-end", e) after epoch e's
             metrics line is written, before its checkpoint [none]; the resume tests kill the process there.
+
+    Under torch.distributed with several ranks (`torchrun ... -m mwnet train`), every rank calls `train` and the
+    ranks train one run together: each takes its block of every global batch, rank 0 alone writes files, and an
+    error on one rank raises on all (mwnet.experiment.ranks, docs/distributed.md).
     Raises:
         ValueError / FileNotFoundError: a bad config, data set or run directory; nothing is written then.
         TrainingInterrupted: SIGINT arrived; the checkpoint in `out` resumes the run.
     """
     log = log or (lambda _line: None)
     out = Path(out)
-    validate_config(config)
-    check_run_directory(out, resume, overwrite, tensorboard)
-    device = resolve_device(config.device)
-    if resume:
-        # The saved run decides the numbers; only the fields that say where to run may change.
-        saved = load_config(out / "config.json")
-        difference = config_difference(saved, config)
-        if difference is not None:
-            name, was, now = difference
-            raise ValueError(f"cannot resume {out}: {name} is {was!r} in the saved run but {now!r} now")
-        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RUN_FIELDS})
+    ranks = current_ranks()  # several processes (torchrun): mwnet.experiment.ranks; None in one process
+    if ranks is not None and not ranks.writer:
+        log, progress = (lambda _line: None), False
+    with agreement(ranks):  # a rank that fails here (a file it cannot read, a bad value) stops every rank
+        validate_config(config)
+        check_run_directory(out, resume, overwrite, tensorboard)
+        device = resolve_device(config.device)
+        if resume:
+            # The saved run decides the numbers; only the fields that say where to run may change.
+            saved = load_config(out / "config.json")
+            difference = config_difference(saved, config)
+            if difference is not None:
+                name, was, now = difference
+                raise ValueError(f"cannot resume {out}: {name} is {was!r} in the saved run but {now!r} now")
+            config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RUN_FIELDS})
 
-    seed_everything(config.seed)
-    setup = build(config, device)
-    state = RunState()
-    if resume:
-        restore_run(out / "checkpoint.pt", setup, state)
+        seed_everything(config.seed)
+        setup = build(config, device, ranks)
+        state = RunState()
+        if resume:
+            resume_streams(restore_run(out / "checkpoint.pt", setup, state), ranks, out / "checkpoint.pt")
 
-    # Everything is validated: from here on files are written.
-    files = EpochFiles(out, setup.config, epochs_done=state.epochs_done if resume else None, overwrite=overwrite,
-                       tensorboard=tensorboard)
+    # Everything is validated: from here on files are written (by rank 0 alone under torchrun).
+    with agreement(ranks):
+        files = EpochFiles(out, setup.config, epochs_done=state.epochs_done if resume else None,
+                           overwrite=overwrite, tensorboard=tensorboard) if ranks is None or ranks.writer else None
+    path = out / "checkpoint.pt"
+    save = (lambda: save_run(setup, state, path)) if ranks is None else ranks.saver(setup, state, path)
     if resume:
         log(f"resuming {out} at epoch {state.epochs_done + 1}, iteration {state.iteration}")
     else:
-        save_run(setup, state, out / "checkpoint.pt")  # a run killed before its first epoch ends can be resumed too
+        save()  # a run killed before its first epoch ends can be resumed too
     try:
         with sigint_flag() as interrupted:
-            hooks = LoopHooks(run_dir=out, save=lambda: save_run(setup, state, out / "checkpoint.pt"),
-                              write_epoch=files.write_epoch, log=log, interrupted=interrupted,
+            hooks = LoopHooks(run_dir=out, save=save, write_epoch=files.write_epoch if files else _no_files,
+                              log=log, interrupted=interrupted if ranks is None else lambda: ranks.any(interrupted()),
                               show_bar=sys.stderr.isatty() if progress is None else progress, on_event=on_event)
             train_epochs(setup, state, hooks)
     finally:
-        files.close()
-    return finish_run(setup, state, out, log)
+        if files is not None:
+            files.close()
+    return finish_run(setup, state, out, log) if ranks is None else ranks.finish(setup, state, out, log)
+
+
+def _no_files(metrics: dict, timing: dict) -> None:
+    """Ranks other than 0 write no file."""
