@@ -1,7 +1,10 @@
-"""`python ranks_launcher.py --kill-at N ARGS...`: `mwnet ARGS` as one process of a torchrun job that SIGKILLs
-itself right after global iteration N (every rank at the same iteration), through the runner's `on_event`.
+"""`python ranks_launcher.py [--kill-at N] [--interrupt-at N --on-rank R] ARGS...`: `mwnet ARGS` as one process of
+a torchrun job, with faults injected through the runner's `on_event`:
 
-The resume test launches it with torchrun to kill a distributed run mid-epoch, then relaunches plain `mwnet`.
+--kill-at N         SIGKILL this process right after global iteration N (every rank at the same iteration);
+--interrupt-at N    send this process SIGINT (Ctrl-C) after iteration N, on rank R only (--on-rank R).
+
+The resume test launches it to stop a distributed run mid-epoch, then relaunches plain `mwnet`.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ from mwnet.cli import main
 from mwnet.experiment import runner
 
 
-def killing_train(kill_at: int):
+def faulty_train(faults: dict[str, int]):
     train = runner.train
+    rank = int(os.environ["RANK"])
 
     def run(*args, **kwargs):
         def on_event(point: str, count: int) -> None:
-            if point == "iteration" and count == kill_at:
+            if point != "iteration":
+                return
+            if count == faults.get("--kill-at"):
                 os.kill(os.getpid(), signal.SIGKILL)
+            if count == faults.get("--interrupt-at") and rank == faults.get("--on-rank"):
+                os.kill(os.getpid(), signal.SIGINT)
 
         return train(*args, on_event=on_event, **kwargs)
 
@@ -28,7 +36,9 @@ def killing_train(kill_at: int):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] != "--kill-at":
-        sys.exit("usage: ranks_launcher.py --kill-at N ARGS...")
-    runner.train = killing_train(int(sys.argv[2]))
-    sys.exit(main(sys.argv[3:]))
+    argv, faults = sys.argv[1:], {}
+    while argv and argv[0] in ("--kill-at", "--interrupt-at", "--on-rank"):
+        faults[argv[0]] = int(argv[1])
+        argv = argv[2:]
+    runner.train = faulty_train(faults)
+    sys.exit(main(argv))

@@ -117,6 +117,24 @@ def l2rw_case(rank: int | None) -> dict:
     return {"model": copy.deepcopy(model.state_dict()), "weights": weights}
 
 
+def supervised_case(name: str, rank: int | None) -> dict:
+    """A baseline method's step (supervised_step: CE; focal's weights differentiated with the loss) on shards."""
+    model = make_model(batch_norm=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    inner = model
+    if rank is None:
+        model = PerShard(model)
+    method = create_method(name, model, opt, MethodContext(num_classes=3, class_counts=(4, 4, 4)))
+    results = []
+    for step in range(STEPS):
+        x, y, _, _ = make_batches(step)
+        if rank is not None:
+            x, y = shard(x, TRAIN_SPLIT, rank), shard(y, TRAIN_SPLIT, rank)
+        results.append(method.step(x, y))
+    return {"model": copy.deepcopy(inner.state_dict()), "weights": [r.weights for r in results],
+            "loss": [r.loss for r in results]}
+
+
 def outcome_of(step) -> str:
     try:
         step()
@@ -172,6 +190,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         results = {name: run_case(options, rank) for name, options in CASES.items()}
         results["l2rw"] = l2rw_case(rank)
+        results["ce"], results["focal"] = supervised_case("ce", rank), supervised_case("focal", rank)
         results["failure"] = failure_case(rank)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
@@ -222,6 +241,20 @@ def test_communication_is_bucketed(ranks):
         collectives, sent = ranks[0][case]["traffic"][0]
         assert collectives <= 7, (case, collectives)
         assert 3 * parameters * 8 <= sent <= 3 * parameters * 8 + 1024, (case, sent)
+
+
+@pytest.mark.parametrize("name", ["ce", "focal"])
+def test_baselines_step_on_the_global_batch(ranks, name):
+    """supervised_step on two ranks equals one process on the concatenated batch (batch norm: per-rank statistics,
+    rank 0's running buffers), focal's loss-dependent weights included."""
+    reference = supervised_case(name, None)
+    for rank, got in enumerate(ranks):
+        params = {k: v for k, v in got[name]["model"].items() if "running" not in k and "num_batches" not in k}
+        assert_states_close(params, {k: v for k, v in reference["model"].items() if k in params}, 1e-10)
+        for step in range(STEPS):
+            assert abs(got[name]["loss"][step] - reference["loss"][step]) < 1e-10
+            torch.testing.assert_close(got[name]["weights"][step],
+                                       reference["weights"][step].split(TRAIN_SPLIT)[rank], rtol=0, atol=1e-10)
 
 
 def test_l2rw_equals_one_process(ranks):

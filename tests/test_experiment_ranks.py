@@ -1,5 +1,6 @@
 """`torchrun --nproc-per-node 2 -m mwnet train` on CPU (gloo): equal to one process with the same global batch,
-resumable after every rank is SIGKILLed mid-epoch, and an error on one rank ends both with one line and exit 2.
+resumable after Ctrl-C on one rank and after every rank is SIGKILLed mid-epoch, and an error on one rank ends
+both with one line and exit 2.
 
 The two-process runs are few and tiny (digits, an MLP with 32 hidden units, 2 epochs of 14 iterations): starting
 processes costs more than training. One module fixture launches them; the tests read what they wrote.
@@ -27,7 +28,7 @@ TESTS = Path(__file__).parent
 TINY = ["--dataset", "digits", "--noise", "uniform:0.4", "--meta-per-class", "10", "--model", "mlp",
         "--model-option", "hidden=[32]", "--epochs", "2", "--batch-size", "100", "--meta-batch-size", "50",
         "--lr-milestones", "1", "--meta-lr", "0.01", "--device", "cpu", "--quiet"]
-KILL_AT = 20  # global iteration, in epoch 2 (14 iterations per epoch)
+INTERRUPT_AT, KILL_AT = 17, 24  # global iterations, both in epoch 2 (14 iterations per epoch)
 TIMEOUT = 240  # seconds; a hang fails the test instead of stalling the suite
 
 
@@ -53,7 +54,8 @@ def launch(*commands: list[str]) -> list[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process in this one; two with torchrun; two killed at KILL_AT, then resumed."""
+    """One process in this one; two with torchrun; two stopped by Ctrl-C on rank 1 at INTERRUPT_AT (a mid-epoch
+    checkpoint), resumed and SIGKILLed at KILL_AT, then resumed to the end."""
     root = tmp_path_factory.mktemp("ranks")
     one, two, resumed = root / "one", root / "two", root / "resumed"
     assert main(["train", *TINY, "--out", str(one)]) == 0  # --quiet: prints nothing
@@ -61,8 +63,14 @@ def runs(tmp_path_factory):
                            "-m", "mwnet", "train", *TINY, "--out", str(two)],
                           capture_output=True, text=True, timeout=TIMEOUT, env=environment())
     assert done.returncode == 0, done.stderr[-3000:]
-    killer = [str(TESTS / "ranks_launcher.py"), "--kill-at", str(KILL_AT), "train", *TINY, "--out", str(resumed)]
-    assert [code for code, _ in launch(killer, killer)] == [-9, -9]
+    launcher = str(TESTS / "ranks_launcher.py")
+    interrupted = [launcher, "--interrupt-at", str(INTERRUPT_AT), "--on-rank", "1", "train", *TINY, "--out",
+                   str(resumed)]
+    outcome = launch(interrupted, interrupted)
+    assert [code for code, _ in outcome] == [130, 130], outcome
+    assert outcome[0][1].startswith(f"mwnet: interrupted in epoch 2 at iteration {INTERRUPT_AT}; checkpoint saved")
+    killed = [launcher, "--kill-at", str(KILL_AT), "train", "--out", str(resumed), "--resume", "--quiet"]
+    assert [code for code, _ in launch(killed, killed)] == [-9, -9]
     lines_when_killed = (resumed / "metrics.jsonl").read_text().count("\n")
     again = ["-m", "mwnet", "train", "--out", str(resumed), "--resume", "--quiet"]
     outcome = launch(again, again)
@@ -109,13 +117,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs):
     assert checkpoint["world_size"] == 2 and len(checkpoint["rank_rng"]) == 2
 
 
-def test_sigkill_of_every_rank_mid_epoch_then_resume_equals_the_uninterrupted_run(runs):
+def test_ctrl_c_on_one_rank_then_sigkill_of_every_rank_then_resume_equals_the_uninterrupted_run(runs):
+    """Ctrl-C reached rank 1 alone: both ranks stopped at the same iteration and saved their merged records
+    mid-epoch; resumed, both were killed later in the epoch; resumed again, the run ends as if never stopped."""
     _, two, resumed, lines_when_killed = runs
     assert lines_when_killed == 1  # killed in epoch 2: its metrics line was never written
     assert (resumed / "metrics.jsonl").read_bytes() == (two / "metrics.jsonl").read_bytes()
     assert (resumed / "suspects.csv").read_bytes() == (two / "suspects.csv").read_bytes()
     summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["resumes"] == 1
+    assert summary["resumes"] == 1  # the killed launch saved no checkpoint: the last resume started from the first's
     assert summary["last_test_acc"] == json.loads((two / "summary.json").read_text())["last_test_acc"]
 
 
