@@ -1,7 +1,7 @@
 """The step under `torch.distributed`: every rank holds shards of one global train batch and one global meta batch.
 
 With world size W > 1 the step equals one process's step on the concatenation of all ranks' shards
-(docs/algorithm.md, "Several processes"): the virtual and the real update use the global weighted gradient, Z is
+(docs/distributed.md): the virtual and the real update use the global weighted gradient, Z is
 the global n or Σv, the meta loss is the mean over the global meta batch, each rank computes the sensitivities of
 its own samples along the one global direction u, and Θ's gradient is summed over ranks, so every rank keeps the
 same classifier, weight net and optimizer states. Communication is bucketed: each reduction is one all-reduce of

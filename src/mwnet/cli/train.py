@@ -108,12 +108,15 @@ def train_logged(config: TrainConfig, out: Path, *, resume: bool, overwrite: boo
         return runner.train(config, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
                             progress=False if quiet else None, log=None if quiet else print_line)
     except TrainingInterrupted as exc:
-        from mwnet.experiment.ranks import launched_rank
+        from mwnet.experiment.ranks import launched_rank, launched_world_size
 
         if launched_rank() > 0:
             return None
+        world = launched_world_size()
+        again = f"mwnet train --out {out} --resume" + (f" (under torchrun, with {world} processes again)"
+                                                         if world > 1 else "")
         print(f"mwnet: interrupted in epoch {exc.epoch} at iteration {exc.iteration}; checkpoint saved. Resume "
-              f"with: mwnet train --out {out} --resume", file=sys.stderr)
+              f"with: {again}", file=sys.stderr)
         return None
 
 
