@@ -20,7 +20,7 @@ from torch import nn
 
 from conftest import assert_states_close, make_mlp
 from mwnet import MetaReweighter, MetaWeightNet, NonFiniteLossError
-from mwnet.distributed import RankFailedError
+from mwnet.distributed import RankDivergedError, RankFailedError
 from mwnet.hypergradients import EXACT_HYPERGRADIENTS, HYPERGRADIENTS
 from mwnet.methods import MethodContext, create_method
 
@@ -117,8 +117,41 @@ def l2rw_case(rank: int | None) -> dict:
     return {"model": copy.deepcopy(model.state_dict()), "weights": weights}
 
 
+def supervised_case(name: str, rank: int | None) -> dict:
+    """A baseline method's step (supervised_step: CE; focal's weights differentiated with the loss) on shards."""
+    model = make_model(batch_norm=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    inner = model
+    if rank is None:
+        model = PerShard(model)
+    method = create_method(name, model, opt, MethodContext(num_classes=3, class_counts=(4, 4, 4)))
+    results = []
+    for step in range(STEPS):
+        x, y, _, _ = make_batches(step)
+        if rank is not None:
+            x, y = shard(x, TRAIN_SPLIT, rank), shard(y, TRAIN_SPLIT, rank)
+        results.append(method.step(x, y))
+    return {"model": copy.deepcopy(inner.state_dict()), "weights": [r.weights for r in results],
+            "loss": [r.loss for r in results]}
+
+
+def outcome_of(step) -> str:
+    try:
+        step()
+    except RankDivergedError:  # checked first: it is also a RankFailedError and a NonFiniteLossError
+        return "another rank diverged"
+    except NonFiniteLossError:
+        return "non-finite"
+    except RankFailedError:
+        return "other rank failed"
+    except ValueError:
+        return "bad input"
+    return "stepped"
+
+
 def failure_case(rank: int) -> dict:
-    """Rank 1 gets a NaN input: both ranks refuse the step, change nothing, and the next step works on both."""
+    """Rank 1 gets a NaN input: both ranks refuse the step, change nothing, and the next step works on both; a
+    label out of range on rank 1 is refused on both likewise."""
     rw, model, wnet = make_reweighter(make_mlp(5, 16, 3, seed=0), {})
     x, y, xm, ym = make_batches(0)
     rw.step(shard(x, TRAIN_SPLIT, rank), shard(y, TRAIN_SPLIT, rank), shard(xm, META_SPLIT, rank),
@@ -128,13 +161,13 @@ def failure_case(rank: int) -> dict:
     x_rank = shard(x, TRAIN_SPLIT, rank).clone()
     if rank == 1:
         x_rank[0, 0] = float("nan")
-    try:
-        rw.step(x_rank, shard(y, TRAIN_SPLIT, rank), shard(xm, META_SPLIT, rank), shard(ym, META_SPLIT, rank))
-        outcome = "stepped"
-    except NonFiniteLossError:
-        outcome = "non-finite"
-    except RankFailedError:
-        outcome = "other rank failed"
+    outcome = outcome_of(lambda: rw.step(x_rank, shard(y, TRAIN_SPLIT, rank), shard(xm, META_SPLIT, rank),
+                                         shard(ym, META_SPLIT, rank)))
+    y_rank = shard(y, TRAIN_SPLIT, rank).clone()
+    if rank == 1:
+        y_rank[0] = 3  # three classes
+    bad_label = outcome_of(lambda: rw.step(shard(x, TRAIN_SPLIT, rank), y_rank, shard(xm, META_SPLIT, rank),
+                                           shard(ym, META_SPLIT, rank)))
     after = (model.state_dict(), wnet.state_dict(), rw.optimizer.state_dict())
     unchanged = all(torch.equal(a, b) for a, b in zip(before[0].values(), after[0].values())) and all(
         torch.equal(a, b) for a, b in zip(before[1].values(), after[1].values()))
@@ -147,7 +180,7 @@ def failure_case(rank: int) -> dict:
                                             shard(xm, META_SPLIT, rank), shard(ym, META_SPLIT, rank))
     except ValueError as exc:
         refused = str(exc)
-    return {"outcome": outcome, "unchanged": unchanged, "refused": refused}
+    return {"outcome": outcome, "bad_label": bad_label, "unchanged": unchanged, "refused": refused}
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
@@ -157,6 +190,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         results = {name: run_case(options, rank) for name, options in CASES.items()}
         results["l2rw"] = l2rw_case(rank)
+        results["ce"], results["focal"] = supervised_case("ce", rank), supervised_case("focal", rank)
         results["failure"] = failure_case(rank)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
@@ -209,6 +243,20 @@ def test_communication_is_bucketed(ranks):
         assert 3 * parameters * 8 <= sent <= 3 * parameters * 8 + 1024, (case, sent)
 
 
+@pytest.mark.parametrize("name", ["ce", "focal"])
+def test_baselines_step_on_the_global_batch(ranks, name):
+    """supervised_step on two ranks equals one process on the concatenated batch (batch norm: per-rank statistics,
+    rank 0's running buffers), focal's loss-dependent weights included."""
+    reference = supervised_case(name, None)
+    for rank, got in enumerate(ranks):
+        params = {k: v for k, v in got[name]["model"].items() if "running" not in k and "num_batches" not in k}
+        assert_states_close(params, {k: v for k, v in reference["model"].items() if k in params}, 1e-10)
+        for step in range(STEPS):
+            assert abs(got[name]["loss"][step] - reference["loss"][step]) < 1e-10
+            torch.testing.assert_close(got[name]["weights"][step],
+                                       reference["weights"][step].split(TRAIN_SPLIT)[rank], rtol=0, atol=1e-10)
+
+
 def test_l2rw_equals_one_process(ranks):
     reference = l2rw_case(None)
     for rank, got in enumerate(ranks):
@@ -219,6 +267,7 @@ def test_l2rw_equals_one_process(ranks):
 
 
 def test_a_failure_on_one_rank_ends_the_step_on_every_rank(ranks):
-    assert [r["failure"]["outcome"] for r in ranks] == ["other rank failed", "non-finite"]
+    assert [r["failure"]["outcome"] for r in ranks] == ["another rank diverged", "non-finite"]
+    assert [r["failure"]["bad_label"] for r in ranks] == ["other rank failed", "bad input"]
     assert all(r["failure"]["unchanged"] for r in ranks)
     assert all("SyncBatchNorm" in r["failure"]["refused"] for r in ranks)

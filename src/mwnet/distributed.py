@@ -1,7 +1,7 @@
 """The step under `torch.distributed`: every rank holds shards of one global train batch and one global meta batch.
 
 With world size W > 1 the step equals one process's step on the concatenation of all ranks' shards
-(docs/algorithm.md, "Several processes"): the virtual and the real update use the global weighted gradient, Z is
+(docs/distributed.md): the virtual and the real update use the global weighted gradient, Z is
 the global n or Σv, the meta loss is the mean over the global meta batch, each rank computes the sensitivities of
 its own samples along the one global direction u, and Θ's gradient is summed over ranks, so every rank keeps the
 same classifier, weight net and optimizer states. Communication is bucketed: each reduction is one all-reduce of
@@ -22,6 +22,10 @@ from mwnet.errors import NonFiniteLossError
 
 class RankFailedError(ValueError):
     """Another rank rejected its batch or hit a non-finite value; this rank changed nothing either."""
+
+
+class RankDivergedError(RankFailedError, NonFiniteLossError):
+    """Another rank met a non-finite loss: the step diverged for every rank (caught as a NonFiniteLossError too)."""
 
 
 @dataclass
@@ -74,20 +78,32 @@ class Shards:
         Raises `error` on the rank that had it and RankFailedError on the others, so that no rank waits in a
         later collective for one that gave up.
         """
-        flags = torch.zeros(self.world_size + len(counts), dtype=torch.float64)
-        flags[self.rank] = 1.0 if error is not None else 0.0
+        flags = torch.zeros(self.world_size + len(counts), dtype=torch.float64, device=_control_device(self.group))
+        # 1: a rejected batch, 2: a non-finite loss (the others then raise RankDivergedError, also a
+        # NonFiniteLossError, so that a training loop records the divergence on every rank alike).
+        flags[self.rank] = 0.0 if error is None else 2.0 if isinstance(error, NonFiniteLossError) else 1.0
         flags[self.world_size:] = torch.tensor([float(c) for c in counts], dtype=torch.float64)
         (flags,) = self.sum([flags])
         if error is not None:
             raise error
-        failed = [r for r in range(self.world_size) if flags[r] > 0]
+        failed = [(r, int(flags[r])) for r in range(self.world_size) if flags[r] > 0]
+        if failed and failed[0][1] == 2:
+            raise RankDivergedError("loss on another rank", f"rank {failed[0][0]} of {self.world_size}")
         if failed:
-            raise RankFailedError(f"rank {failed[0]} of {self.world_size} rejected its step; see its error")
+            raise RankFailedError(f"rank {failed[0][0]} of {self.world_size} rejected its step; see its error")
         return [int(c) for c in flags[self.world_size:].tolist()]
 
     def _collective(self, flat: Tensor) -> None:
         self.traffic.collectives += 1
         self.traffic.bytes += flat.numel() * flat.element_size()
+
+
+def _control_device(group: dist.ProcessGroup | None) -> torch.device:
+    """Where small host-side tensors must live for the group's collectives: NCCL alone has no CPU transport."""
+    backend = str(dist.get_backend(group))
+    if "gloo" in backend or "mpi" in backend or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def sum_gradients(params: dict[str, Tensor], loss: Tensor, shards: Shards) -> Tensor:

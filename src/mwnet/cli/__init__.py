@@ -28,7 +28,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line and exit code 2 (argparse's own code, with a shorter text)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"mwnet: error: {message}\n")
+        from mwnet.experiment.ranks import launched_rank
+
+        # Under torchrun every process parses the same command line: rank 0 alone says what is wrong.
+        self.exit(2, f"mwnet: error: {message}\n" if launched_rank() == 0 else None)
 
 
 def add_command(subparsers: Any, doc: str | None, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -64,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Exit codes (docs/reliability.md): 0 done; 2 bad input or environment (one line on stderr, nothing half-written);
-# 3 a run diverged (its results are written and say where); 130 interrupted (Ctrl-C; the runs resume).
+# 3 a run diverged (its results are written and say where); 130 interrupted (Ctrl-C; the runs resume). Under
+# torchrun, rank 0 alone prints a failure every rank shares (mwnet.experiment.ranks).
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -73,17 +77,27 @@ EXIT_INTERRUPTED = 130
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `mwnet ARGV` and return its exit code; every expected failure is one line on stderr."""
     from mwnet.experiment.files import first_line, os_error_line
+    from mwnet.experiment.ranks import OtherRankCrashed, is_reported_by_rank_0, launched_world_size, reported_by_rank_0
 
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         try:
+            if args.command != "train" and launched_world_size() > 1:
+                raise reported_by_rank_0(CLIError(f"`mwnet {args.command}` does not run under torchrun: only "
+                                                  "`mwnet train` does (see docs/distributed.md)"))
             code = int(args.func(args) or 0)
+        except OtherRankCrashed as exc:
+            if not is_reported_by_rank_0(exc):
+                print(f"mwnet: error: {first_line(exc)}", file=sys.stderr)
+            return 1
         except (CLIError, ValueError) as exc:
-            print(f"mwnet: error: {first_line(exc)}", file=sys.stderr)
+            if not is_reported_by_rank_0(exc):  # several processes: rank 0 prints the one message
+                print(f"mwnet: error: {first_line(exc)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except OSError as exc:  # a missing file, a read-only folder, a full disk: which path, and why
-            print(f"mwnet: error: {os_error_line(exc)}", file=sys.stderr)
+            if not is_reported_by_rank_0(exc):
+                print(f"mwnet: error: {os_error_line(exc)}", file=sys.stderr)
             return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED

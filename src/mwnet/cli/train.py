@@ -55,14 +55,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mwnet.experiment.config import (
-        apply_overrides,
-        check_run_length,
-        load_config,
-        resolve_config,
-        validate_config,
-    )
     from mwnet.experiment.presets import PRESETS
+    from mwnet.experiment.ranks import agreement, is_agreed, start_process_group, stop_process_group
 
     if args.list_presets:
         if args.json:
@@ -73,6 +67,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         raise CLIError("--json applies to --list-presets only")
+    ranks = start_process_group()  # under torchrun: join the other processes (mwnet.experiment.ranks)
+    try:
+        with agreement(ranks, (CLIError,)):  # a rank that cannot read a file stops every rank, with its message
+            config, out = _resolve(args)
+        summary = train_logged(config, out, resume=args.resume, overwrite=args.overwrite,
+                               tensorboard=args.tensorboard, quiet=args.quiet)
+    except Exception as exc:
+        if ranks is not None and is_agreed(exc):
+            stop_process_group(ranks)
+        raise
+    if ranks is not None:
+        stop_process_group(ranks)
+    return exit_code([summary])
+
+
+def _resolve(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """The run's config and directory from the flags (a preset, --config or the run to resume, then overrides)."""
+    from mwnet.experiment.config import apply_overrides, check_run_length, load_config, resolve_config, validate_config
+
     overrides = _overrides(args)
     check_run_length(overrides)
     out = Path(args.out) if args.out else _default_out(args.preset, overrides)
@@ -96,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
         source = out / "config.json" if args.resume else args.config
         raise CLIError(f"{source} names your own model {config.model!r}: give --model {config.model} to import it "
                        f"(mwnet imports no code that a file names)")
-    summary = train_logged(config, out, resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard,
-                           quiet=args.quiet)
-    return exit_code([summary])
+    return config, out
 
 
 def exit_code(summaries: list[dict | None]) -> int:
@@ -109,7 +120,9 @@ def exit_code(summaries: list[dict | None]) -> int:
     if any(summary is None for summary in summaries):
         return EXIT_INTERRUPTED
     diverged = [s for s in summaries if s and s.get("diverged")]
-    for summary in diverged:
+    from mwnet.experiment.ranks import launched_rank
+
+    for summary in diverged if launched_rank() == 0 else ():  # under torchrun, rank 0 alone says so
         where = summary["diverged"]
         print(f"mwnet: the {summary.get('method')} run diverged in epoch {where['epoch']} at iteration "
               f"{where['iteration']} ({where['error']}); its files say so (summary.json: diverged); exit code "
@@ -122,16 +135,24 @@ def train_logged(config: TrainConfig, out: Path, *, resume: bool, overwrite: boo
     """Run `train` with the command line's progress bar and epoch lines; on Ctrl-C say how to resume and return
     None."""
     from mwnet.experiment import runner
+    from mwnet.experiment.ranks import launched_rank
     from mwnet.experiment.signals import TrainingInterrupted
 
     try:
         summary = runner.train(config, out, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
                                progress=False if quiet else None, log=None if quiet else print_line)
     except TrainingInterrupted as exc:
+        from mwnet.experiment.ranks import launched_world_size
+
+        if launched_rank() > 0:
+            return None
+        world = launched_world_size()
+        again = f"mwnet train --out {out} --resume" + (f" (under torchrun, with {world} processes again)"
+                                                         if world > 1 else "")
         print(f"mwnet: interrupted in epoch {exc.epoch} at iteration {exc.iteration}; checkpoint saved. Resume "
-              f"with: mwnet train --out {out} --resume", file=sys.stderr)
+              f"with: {again}", file=sys.stderr)
         return None
-    if summary.get("suspects_warning"):
+    if summary.get("suspects_warning") and launched_rank() == 0:
         print(f"mwnet: warning: {out / 'suspects.csv'}: {summary['suspects_warning']}", file=sys.stderr)
     return summary
 

@@ -44,6 +44,15 @@ def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: 
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def shard_block(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a batch of n that rank `rank` of `world_size` takes: contiguous blocks in rank order, the
+    first n mod world_size blocks one row longer (as `torch.tensor_split`), so that the ranks' blocks concatenated
+    in rank order are the batch itself."""
+    size, extra = divmod(n, world_size)
+    lo = rank * size + min(rank, extra)
+    return lo, lo + size + (1 if rank < extra else 0)
+
+
 def _stat_tensor(value: Any, shape: Sequence[int], device: torch.device, name: str) -> torch.Tensor | None:
     """mean/std as a tensor that broadcasts over a batch: (1, C, 1, 1) for images, (1, D) for tables."""
     if value is None:
@@ -67,11 +76,16 @@ class BatchLoader:
             generator [0]; device: where batches live [cpu]; augment: reflect-pad 4, random crop, horizontal flip
             [False]; mean, std: per-channel normalisation applied after scaling [None: none]; drop_last: skip a
             last partial batch [False].
+        shard: (rank, world_size): yield only this rank's block of each batch (`shard_block`) [None: all of it].
+            Every rank draws the same permutation and augmentation from the same seed, so the ranks' blocks
+            concatenated are the batch one process would see, and the loader's state is the same on every rank;
+            a block left empty (a batch smaller than world_size) is skipped.
     """
 
     def __init__(self, x: Any, y: Any, batch_size: int = 100, shuffle: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", augment: bool = False, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, drop_last: bool = False, pad: int = 4) -> None:
+                 std: Sequence[float] | None = None, drop_last: bool = False, pad: int = 4,
+                 shard: tuple[int, int] | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if len(x) != len(y):
@@ -93,6 +107,9 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.augment, self.drop_last, self.pad = batch_size, shuffle, augment, \
             drop_last, pad
         self.generator = torch.Generator().manual_seed(int(seed))  # on the host: same numbers on every device
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+        self.shard = shard
         self.epoch = 0  # completed epochs
         self._perm: torch.Tensor | None = None  # the permutation of the epoch in progress
         self._pos = 0  # samples of it already handed out
@@ -111,19 +128,26 @@ class BatchLoader:
         while self._pos < end:
             idx = self._perm[self._pos: self._pos + self.batch_size]
             self._pos += len(idx)  # counted before yielding: a checkpoint taken on this batch resumes after it
-            yield self._batch(idx)
+            batch = self._batch(idx)
+            if len(batch[1]):
+                yield batch
         self._perm, self._pos = None, 0
         self.epoch += 1
 
     def _batch(self, idx: torch.Tensor) -> Batch:
+        # The whole batch's augmentation is drawn on every rank, so the generator stays the same everywhere.
+        drawn = draw_augmentation(len(idx), self.generator, self.pad) if self.augment else None
+        if self.shard is not None:
+            lo, hi = shard_block(len(idx), *self.shard)
+            idx = idx[lo:hi]
+            drawn = None if drawn is None else (drawn[0][lo:hi], drawn[1][lo:hi])
         idx_dev = idx.to(self.device)
         xb = self.x[idx].to(self.device, non_blocking=True) if self.lazy else self.x[idx_dev]
         xb = xb.float()
         if self.scale:
             xb = xb.mul_(1.0 / 255.0)
-        if self.augment:
-            offsets, flips = draw_augmentation(len(idx), self.generator, self.pad)
-            xb = crop_flip(xb, offsets, flips, self.pad)
+        if drawn is not None:
+            xb = crop_flip(xb, drawn[0], drawn[1], self.pad)
         if self.mean is not None:
             xb = (xb - self.mean) / self.std
         return xb, self.y[idx_dev], idx_dev
@@ -161,7 +185,7 @@ class MetaSampler:
 
     def __init__(self, x: Any, y: Any = None, batch_size: int = 100, seed: int = 0,
                  device: str | torch.device = "cpu", augment: bool = False, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, shard: tuple[int, int] | None = None) -> None:
         self.device = torch.device(device)
         self.source: Any = None  # the user's Dataset or DataLoader; None for tensors
         self.passes = 0
@@ -182,8 +206,10 @@ class MetaSampler:
             self.source = x
             n = len(x) if isinstance(x, Dataset) else 0
             # For a Dataset, a BatchLoader over positions gives the shuffling and its exact, resumable state.
+            if shard is not None and isinstance(x, DataLoader):
+                raise ValueError("a meta DataLoader cannot be sharded over ranks: pass its Dataset")
             self.loader = None if isinstance(x, DataLoader) else BatchLoader(
-                torch.arange(n), torch.zeros(n), batch_size=batch_size, shuffle=True, seed=seed)
+                torch.arange(n), torch.zeros(n), batch_size=batch_size, shuffle=True, seed=seed, shard=shard)
             return
         if y is None:
             raise ValueError("give the meta labels y with tensor inputs x (or pass a Dataset or DataLoader of "
@@ -191,7 +217,7 @@ class MetaSampler:
         if len(y) == 0:
             raise ValueError("the meta set is empty")
         self.loader = BatchLoader(x, y, batch_size=batch_size, shuffle=True, seed=seed, device=device,
-                                  augment=augment, mean=mean, std=std)
+                                  augment=augment, mean=mean, std=std, shard=shard)
 
     def next(self) -> tuple[Any, torch.Tensor]:
         """The next meta batch (x, y)."""

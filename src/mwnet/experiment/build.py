@@ -41,6 +41,7 @@ class Setup:
     meta_eval_loader: Any = None
     # Whether split.y_true is known to be the truth (verified labels), not merely the labels as given.
     truth_known: bool = True
+    ranks: Any = None  # mwnet.experiment.ranks.Ranks when several processes train the run (torchrun), else None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -69,11 +70,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build(config: TrainConfig, device: torch.device, dataset: Any = None) -> Setup:
+def build(config: TrainConfig, device: torch.device, dataset: Any = None, ranks: Any = None) -> Setup:
     """Load the data (unless `dataset` is given), split it, resolve "auto" fields and build model, optimizer,
-    schedule, method and loaders."""
+    schedule, method and loaders.
+
+    With `ranks` (several processes), the loaders yield this rank's block of each global batch, the device is the
+    rank's own, and each rank gets its own random stream once the model is built (mwnet.experiment.ranks).
+    """
     from mwnet.data import BatchLoader, MetaSampler
 
+    if ranks is not None:
+        ranks.check_method(config.method)
+        device = ranks.device(device)
+    shard = None if ranks is None else ranks.shard
     dataset = load_run_dataset(config) if dataset is None else dataset
     split, config, iterations_per_epoch, total = split_and_schedule(config, dataset)
     epochs = config.epochs
@@ -83,21 +92,27 @@ def build(config: TrainConfig, device: torch.device, dataset: Any = None) -> Set
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), gamma=config.lr_gamma)
     meta_size = 0 if split.y_meta is None else len(split.y_meta)
     method = create_run_method(config, split, model, optimizer, device)
+    if ranks is not None:
+        ranks.check_batches("training", "--batch-size", len(split.y_train), config.batch_size)
+        if meta_size:
+            ranks.check_batches("meta", "--meta-batch-size", meta_size, config.meta_batch_size)
     loader = BatchLoader(split.x_train, split.y_train, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                         device=device, augment=config.augment, mean=split.mean, std=split.std)
+                         device=device, augment=config.augment, mean=split.mean, std=split.std, shard=shard)
     meta = None
     if meta_size:
         meta = MetaSampler(split.x_meta, split.y_meta, batch_size=min(config.meta_batch_size, meta_size),
                            seed=config.seed + 1, device=device, augment=config.augment, mean=split.mean,
-                           std=split.std)
+                           std=split.std, shard=shard)
     test_loader = BatchLoader(split.x_test, split.y_test, batch_size=config.eval_batch_size, shuffle=False,
-                              seed=0, device=device, augment=False, mean=split.mean, std=split.std)
+                              seed=0, device=device, augment=False, mean=split.mean, std=split.std, shard=shard)
     meta_eval = None if not meta_size else BatchLoader(
         split.x_meta, split.y_meta, batch_size=config.eval_batch_size, shuffle=False, seed=0, device=device,
-        augment=False, mean=split.mean, std=split.std)
+        augment=False, mean=split.mean, std=split.std, shard=shard)
     truth_known = dataset.labels_verified or dataset.y_train_true is not None
+    if ranks is not None:
+        ranks.seed_streams(config.seed)
     return Setup(config, device, split, model, optimizer, scheduler, method, loader, meta, test_loader,
-                 iterations_per_epoch, total, epochs, meta_eval, truth_known)
+                 iterations_per_epoch, total, epochs, meta_eval, truth_known, ranks)
 
 
 def load_run_dataset(config: TrainConfig, *, verify: bool = True) -> Any:

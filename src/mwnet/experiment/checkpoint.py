@@ -71,8 +71,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return state
 
 
-def save_run(setup: Setup, state: RunState, path: Path) -> None:
-    """Checkpoint a run as it stands (between two iterations)."""
+def save_run(setup: Setup, state: RunState, path: Path, extra: dict[str, Any] | None = None) -> None:
+    """Checkpoint a run as it stands (between two iterations); `extra` entries are added (several processes:
+    mwnet.experiment.ranks)."""
     save_checkpoint({
         "format": CHECKPOINT_FORMAT,
         "config": config_to_dict(setup.config),
@@ -94,11 +95,13 @@ def save_run(setup: Setup, state: RunState, path: Path) -> None:
         "loader": setup.loader.state_dict(),
         "meta": None if setup.meta is None else setup.meta.state_dict(),
         "rng": rng_state(),
+        **(extra or {}),
     }, path)
 
 
-def restore_run(path: Path, setup: Setup, state: RunState) -> None:
-    """Load the checkpoint at `path` into a freshly built `setup` and `state` (counting one more resume)."""
+def restore_run(path: Path, setup: Setup, state: RunState) -> dict[str, Any]:
+    """Load the checkpoint at `path` into a freshly built `setup` and `state` (counting one more resume); returns
+    the checkpoint."""
     checkpoint = load_checkpoint(path, map_location=setup.device, require_checksum=True)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not an mwnet checkpoint of format {CHECKPOINT_FORMAT}: {path}")
@@ -130,6 +133,7 @@ def restore_run(path: Path, setup: Setup, state: RunState) -> None:
     state.epoch = None if epoch is None else EpochRecord.from_state(
         {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in epoch.items()})
     state.last_record = None if checkpoint["last_record"] is None else json.loads(checkpoint["last_record"])
+    return checkpoint
 
 
 def check_same_run(checkpoint: dict[str, Any], setup: Setup, path: Path) -> None:

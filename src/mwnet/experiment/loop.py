@@ -170,6 +170,8 @@ def train_epochs(setup: Setup, state: RunState, hooks: LoopHooks) -> None:
             setup.scheduler.step()
 
         started = time.perf_counter()
+        if setup.ranks is not None:  # several processes: every rank's samples in the record (mwnet.experiment.ranks)
+            setup.ranks.end_epoch(record, setup.model, epoch + 1)
         metrics = epoch_metrics(setup, state, record, epoch, lr)
         eval_seconds = time.perf_counter() - started
         state.eval_seconds += eval_seconds
@@ -192,13 +194,13 @@ def train_epochs(setup: Setup, state: RunState, hooks: LoopHooks) -> None:
 def epoch_metrics(setup: Setup, state: RunState, record: EpochRecord, epoch: int, lr: float) -> dict:
     """The metrics.jsonl line of one finished epoch: deterministic numbers only."""
     split, method = setup.split, setup.method
-    test = evaluate(setup.model, setup.test_loader, split.num_classes)
+    test = evaluate(setup.model, setup.test_loader, split.num_classes, setup.ranks)
     if test["acc"] > state.best_test_acc:
         state.best_test_acc, state.best_epoch = test["acc"], epoch + 1
     # Model selection on held-out data: accuracy on the whole clean meta set, ties to the lower meta-set loss (a
     # meta set of 10 per class ties often), then to the earlier epoch.
     meta = None if setup.meta_eval_loader is None else evaluate(setup.model, setup.meta_eval_loader,
-                                                                split.num_classes)
+                                                                split.num_classes, setup.ranks)
     if meta is not None and (meta["acc"], -meta["loss"]) > (state.selected_meta_acc, -state.selected_meta_loss):
         state.selected_epoch, state.selected_test_acc = epoch + 1, test["acc"]
         state.selected_meta_acc, state.selected_meta_loss = meta["acc"], meta["loss"]
@@ -246,8 +248,9 @@ def epoch_metrics(setup: Setup, state: RunState, record: EpochRecord, epoch: int
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, num_classes: int) -> dict[str, Any]:
-    """Mean cross-entropy, top-1 accuracy (%) and per-class accuracy (%) of `model` in eval mode over `loader`."""
+def evaluate(model: torch.nn.Module, loader: Any, num_classes: int, ranks: Any = None) -> dict[str, Any]:
+    """Mean cross-entropy, top-1 accuracy (%) and per-class accuracy (%) of `model` in eval mode over `loader`
+    (with `ranks`, over every rank's block of it: `mwnet.experiment.ranks.Ranks.evaluation`)."""
     loss_sum, predictions, targets = 0.0, [], []
     with eval_mode(model):  # every sub-module's mode comes back as it was (a frozen-BN backbone stays frozen)
         for x, y, _idx in loader:
@@ -255,6 +258,8 @@ def evaluate(model: torch.nn.Module, loader: Any, num_classes: int) -> dict[str,
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             predictions.append(logits.argmax(1).cpu())
             targets.append(y.cpu())
+    if ranks is not None:
+        return ranks.evaluation(loss_sum, predictions, targets, num_classes)
     pred = torch.cat(predictions).numpy()
     true = torch.cat(targets).numpy()
     per_class = [None if a is None else 100.0 * a for a in per_class_accuracy(pred, true, num_classes)]

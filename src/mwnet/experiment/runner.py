@@ -15,6 +15,7 @@ killed before its first checkpoint was complete resumes from the beginning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from mwnet.experiment.checkpoint import restore_run, save_run
 from mwnet.experiment.config import RUN_FIELDS, TrainConfig, config_difference, load_config, validate_config
 from mwnet.experiment.lock import RunLock
 from mwnet.experiment.loop import LoopHooks, RunState, train_epochs
+from mwnet.experiment.ranks import agreement, current_ranks, resume_streams
 from mwnet.experiment.rundir import EpochFiles, check_run_directory, data_line, finish_run
 from mwnet.experiment.selection import SELECTED_MODEL, save_selected_model
 from mwnet.experiment.signals import sigint_flag
@@ -51,41 +53,59 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, overwri
             the meta set came from) [silent].
         on_event: receives ("iteration", n) after global iteration n and ("epoch-end", e) after epoch e's
             metrics line is written, before its checkpoint [none]; the resume tests kill the process there.
+
+    Under torch.distributed with several ranks (`torchrun ... -m mwnet train`), every rank calls `train` and the
+    ranks train one run together: each takes its block of every global batch, rank 0 alone locks and writes the
+    run directory, and an error on one rank raises on all (mwnet.experiment.ranks, docs/distributed.md).
     Raises:
         ValueError / FileNotFoundError: a bad config, data set or run directory; nothing is written then.
         RunDirectoryLocked: another process is writing `out` (a ValueError).
         OSError: the disk is full or `out` cannot be written; the last checkpoint stays valid.
         TrainingInterrupted: SIGINT arrived; the checkpoint in `out` resumes the run.
     """
-    validate_config(config)
-    with RunLock(out):  # held until the run ends: no other process can write `out` meanwhile
-        return _train_locked(config, Path(out), resume=resume, overwrite=overwrite, tensorboard=tensorboard,
-                             progress=progress, log=log or (lambda _line: None), on_event=on_event)
+    ranks = current_ranks()  # several processes (torchrun): mwnet.experiment.ranks; None in one process
+    log = log or (lambda _line: None)
+    if ranks is not None and not ranks.writer:
+        log, progress = (lambda _line: None), False
+    lock = RunLock(out) if ranks is None or ranks.writer else contextlib.nullcontext()
+    with agreement(ranks):  # a bad config, or another process holding `out`, stops every rank
+        validate_config(config)
+        lock.__enter__()
+    try:  # held until the run ends: no other process can write `out` meanwhile
+        return _train_locked(config, Path(out), ranks, resume=resume, overwrite=overwrite, tensorboard=tensorboard,
+                             progress=progress, log=log, on_event=on_event)
+    finally:
+        lock.__exit__(None, None, None)
 
 
-def _train_locked(config: TrainConfig, out: Path, *, resume: bool, overwrite: bool, tensorboard: bool,
+def _train_locked(config: TrainConfig, out: Path, ranks: Any, *, resume: bool, overwrite: bool, tensorboard: bool,
                   progress: bool | None, log: Log, on_event: Callable[[str, int], None] | None) -> dict[str, Any]:
-    """`train`, with the run directory's lock held."""
-    mode = check_run_directory(out, resume, overwrite, tensorboard)
-    device = resolve_device(config.device)
-    if resume:
-        # The saved run decides the numbers; only the fields that say where to run may change.
-        saved = load_config(out / "config.json")
-        difference = config_difference(saved, config)
-        if difference is not None:
-            name, was, now = difference
-            raise ValueError(f"cannot resume {out}: {name} is {was!r} in the saved run but {now!r} now")
-        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RUN_FIELDS})
+    """`train`, with the run directory's lock held (by rank 0 under torchrun)."""
+    with agreement(ranks):  # a rank that fails here (a file it cannot read, a bad value) stops every rank
+        mode = check_run_directory(out, resume, overwrite, tensorboard)
+        device = resolve_device(config.device)
+        if resume:
+            # The saved run decides the numbers; only the fields that say where to run may change.
+            saved = load_config(out / "config.json")
+            difference = config_difference(saved, config)
+            if difference is not None:
+                name, was, now = difference
+                raise ValueError(f"cannot resume {out}: {name} is {was!r} in the saved run but {now!r} now")
+            config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RUN_FIELDS})
 
-    seed_everything(config.seed)
-    setup = build(config, device)
-    state = RunState()
-    if mode == "resume":
-        restore_run(out / "checkpoint.pt", setup, state)
+        seed_everything(config.seed)
+        setup = build(config, device, ranks=ranks)
+        state = RunState()
+        if mode == "resume":
+            resume_streams(restore_run(out / "checkpoint.pt", setup, state), ranks, out / "checkpoint.pt")
 
-    # Everything is validated: from here on files are written.
-    files = EpochFiles(out, setup.config, epochs_done=state.epochs_done if mode == "resume" else None,
-                       overwrite=mode == "restart", tensorboard=tensorboard)
+    # Everything is validated: from here on files are written (by rank 0 alone under torchrun).
+    writer = ranks is None or ranks.writer
+    with agreement(ranks):
+        files = EpochFiles(out, setup.config, epochs_done=state.epochs_done if mode == "resume" else None,
+                           overwrite=mode == "restart", tensorboard=tensorboard) if writer else None
+    path = out / "checkpoint.pt"
+    save = (lambda: save_run(setup, state, path)) if ranks is None else ranks.saver(setup, state, path)
     log(data_line(setup))
     if mode == "resume":
         log(f"resuming {out} at epoch {state.epochs_done + 1}, iteration {state.iteration}")
@@ -93,15 +113,20 @@ def _train_locked(config: TrainConfig, out: Path, *, resume: bool, overwrite: bo
         if resume:
             log(f"no complete checkpoint in {out} (the run stopped while writing its first one): starting from the "
                 f"beginning")
-        save_run(setup, state, out / "checkpoint.pt")  # a run killed before its first epoch ends can be resumed too
+        save()  # a run killed before its first epoch ends can be resumed too
     try:
         with sigint_flag() as interrupted:
-            hooks = LoopHooks(run_dir=out, save=lambda: save_run(setup, state, out / "checkpoint.pt"),
-                              write_epoch=files.write_epoch, log=log, interrupted=interrupted,
+            hooks = LoopHooks(run_dir=out, save=save, write_epoch=files.write_epoch if files else _no_files,
+                              log=log, interrupted=interrupted if ranks is None else lambda: ranks.any(interrupted()),
                               show_bar=sys.stderr.isatty() if progress is None else progress, on_event=on_event,
-                              save_selected=lambda metrics: save_selected_model(setup, metrics,
-                                                                                out / SELECTED_MODEL))
+                              save_selected=(lambda metrics: save_selected_model(setup, metrics, out / SELECTED_MODEL))
+                              if writer else _no_files)
             train_epochs(setup, state, hooks)
     finally:
-        files.close()
-    return finish_run(setup, state, out, log)
+        if files is not None:
+            files.close()
+    return finish_run(setup, state, out, log) if ranks is None else ranks.finish(setup, state, out, log)
+
+
+def _no_files(*_args: Any) -> None:
+    """Ranks other than 0 write no file."""

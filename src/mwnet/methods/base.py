@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mwnet.distributed import current_shards
 from mwnet.errors import NonFiniteLossError
-from mwnet.step import StepResult
+from mwnet.step import FirstForward, StepResult, Weighting, reweighted_step
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,14 @@ class Method:
     are the method's keyword options, each declared with `mwnet.methods.options.option`; the runner fills a field
     from the TrainConfig field of the same name, or from `TrainConfig.method_options`), and implement `step`.
     Everything a resumed run needs beyond the model and optimizer (which the runner saves) goes in `state_dict`.
+    `supports_ranks` says that `step` under torch.distributed (several processes, each with its block of a global
+    batch) is the global step, as the library's step and `supervised_step` are; the runner refuses other methods
+    there.
     """
 
     name: ClassVar[str] = ""
     uses_meta: ClassVar[bool] = False
+    supports_ranks: ClassVar[bool] = False
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, context: MethodContext,
@@ -105,8 +110,11 @@ class Method:
         """One SGD update on Σᵢ vᵢ ℓᵢ / n with per-sample cross-entropy ℓ and weights v [1].
 
         `weights` is fixed (n,) weights, or a function of the losses ℓ (n,) whose result is part of the loss and
-        differentiated with it (the focal factor).
+        differentiated with it (the focal factor). Under torch.distributed with several ranks, the same update on
+        the global batch: Σ over every rank's samples / the global n (`global_supervised_step`).
         """
+        if current_shards() is not None:
+            return self.global_supervised_step(x, y, weights)
         if not self.model.training:  # only then as a whole: a frozen-BN backbone the user put in eval mode stays so
             self.model.train()
         logits = self.model(x)
@@ -124,6 +132,25 @@ class Method:
         self.optimizer.step()
         return StepResult(loss=float(loss.detach()), meta_loss=math.nan, weights=weights.detach(),
                           losses=losses.detach(), logits=logits.detach(), meta_updated=False)
+
+
+    def global_supervised_step(self, x: Tensor, y: Tensor,
+                               weights: Tensor | Callable[[Tensor], Tensor] | None = None) -> StepResult:
+        """`supervised_step` on the global batch, through the step every meta method shares (`mwnet.step`): it
+        sums the gradients over ranks, refuses a non-finite loss on every rank alike and keeps batch norm's
+        per-rank statistics with rank 0's running buffers, as for MW-Net."""
+
+        def rule(first: FirstForward) -> Weighting:
+            losses = first.losses
+            if weights is None:
+                chosen = torch.ones_like(losses).detach()
+            elif callable(weights):
+                chosen = weights(losses)
+            else:
+                chosen = weights.detach().to(losses.dtype)
+            return Weighting(chosen / first.global_size, chosen.detach())
+
+        return reweighted_step(self.model, self.optimizer, x, y, rule, replay_rng=False)
 
 
 def check_finite_losses(losses: Tensor, what: str = "training loss") -> None:

@@ -13,5 +13,7 @@ from mwnet.step import StepResult
 class CrossEntropy(Method):
     """Mean cross-entropy on the training batch; every sample has weight 1 (the meta set is not used)."""
 
+    supports_ranks = True  # its step is the global step under torch.distributed
+
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor | None = None, y_meta: Tensor | None = None) -> StepResult:
         return self.supervised_step(x, y)

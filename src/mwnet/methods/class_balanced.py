@@ -55,6 +55,7 @@ class ClassBalanced(Method):
     """Cross-entropy with the class-balanced weight of each sample's given label (the meta set is not used)."""
 
     Options = ClassBalancedOptions
+    supports_ranks = True  # its step is the global step under torch.distributed
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, context: MethodContext,
                  options: ClassBalancedOptions) -> None:

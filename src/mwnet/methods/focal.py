@@ -48,6 +48,7 @@ class FocalLoss(Method):
     """
 
     Options = FocalOptions
+    supports_ranks = True  # its step is the global step under torch.distributed
 
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor | None = None, y_meta: Tensor | None = None) -> StepResult:
         return self.supervised_step(x, y, lambda losses: focal_weights(losses, self.options.gamma))

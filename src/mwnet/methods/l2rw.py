@@ -53,6 +53,7 @@ class LearningToReweight(Method):
 
     uses_meta = True
     Options = L2RWOptions
+    supports_ranks = True  # its step is the global step under torch.distributed
 
     def step(self, x: Tensor, y: Tensor, x_meta: Tensor | None = None, y_meta: Tensor | None = None) -> StepResult:
         if x_meta is None or y_meta is None:

@@ -67,6 +67,7 @@ class MetaWeightNetMethod(Method):
 
     uses_meta = True
     Options = MWNetOptions
+    supports_ranks = True  # its step is the global step under torch.distributed
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, context: MethodContext,
                  options: MWNetOptions) -> None:
