@@ -116,7 +116,7 @@ def test_weights_that_rise_with_the_loss_are_a_warning_and_suspects_rank_by_loss
     code, _, stderr = run(["train", *TINY, "--epochs", "1", "--out", str(out)], capsys)
     assert code == 0 and stderr.count("\n") == 1
     assert stderr.startswith(f"mwnet: warning: {out / 'suspects.csv'}: the learned weights do not decrease with the "
-                             f"loss (Spearman ρ = +1.000)") and stderr.endswith("ranking by loss instead\n")
+                             f"loss (Spearman ρ = +1.000") and stderr.endswith("ranking by loss instead\n")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["suspects_score"] == "loss" and summary["suspects_spearman_weight_loss"] == 1.0
     assert summary["suspects_warning"] in stderr
