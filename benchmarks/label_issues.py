@@ -20,6 +20,7 @@ Runs go to --work (not committed; an interrupted run resumes from its checkpoint
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -158,7 +159,7 @@ def cleanlab_ranking(args: argparse.Namespace, setting: str, seed: int) -> dict:
         summary = trained(arrays_config(args, setting, seed, data), out)
         seconds += summary["train_seconds"]
         start = time.perf_counter()
-        probs[held_out] = predict(out, x[held_out])
+        probs[held_out] = predict(out, data, x[held_out])
         seconds += time.perf_counter() - start
         data.unlink()
     start = time.perf_counter()
@@ -247,9 +248,10 @@ def arrays_config(args: argparse.Namespace, setting: str, seed: int, data: Path)
 
 
 @torch.no_grad()
-def predict(run_dir: Path, x: np.ndarray) -> np.ndarray:
-    """Softmax probabilities (n, K) of the run's final model."""
-    setup = build(load_config(run_dir / "config.json"), torch.device("cpu"))
+def predict(run_dir: Path, data: Path, x: np.ndarray) -> np.ndarray:
+    """Softmax probabilities (n, K) of the final model of the run trained on the arrays `data`."""
+    config = dataclasses.replace(load_config(run_dir / "config.json"), dataset=f"arrays:{data}")  # the run may
+    setup = build(config, torch.device("cpu"))  # have been trained in a work directory since renamed
     setup.model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     setup.model.eval()
     return torch.cat([setup.model(torch.from_numpy(x[i:i + 1000])).softmax(1)
