@@ -212,6 +212,9 @@ def _score_checkpoint(run_dir: Path, device: str) -> RunSamples:
     from mwnet.experiment.loop import knows_truth
 
     config = load_config(run_dir / "config.json")
+    if ":" in config.model:  # a file names no code mwnet imports (docs/reliability.md)
+        raise ValueError(f"{run_dir / 'config.json'} names your own model {config.model!r}: score it from your code "
+                         f"with mwnet.label_issues.rank_label_issues(model, weight_net, ...)")
     setup = build(config, resolve_device(device))
     state = load_checkpoint(run_dir / "checkpoint.pt", map_location=setup.device)
     try:
