@@ -34,12 +34,11 @@ from mwnet.distributed import (
     unwrap,
     weight_net_gradient,
 )
-from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import check_mode, weight_sensitivity
 from mwnet.hypergradients.last_layer import resolve_last_layer
 from mwnet.inputs import first_line
 from mwnet.losses import NORMALIZATIONS, LossFn, mean_cross_entropy, normalize_weights, per_sample_cross_entropy
-from mwnet.module_state import check_owned, trainable_parameters, uncompiled, undo_point
+from mwnet.module_state import check_owned, step_weight_net, trainable_parameters, uncompiled
 from mwnet.precision import check_precision
 from mwnet.step import FirstForward, StepOptions, StepResult, Weighting, reweighted_step
 from mwnet.weighting import apply_weight_net
@@ -238,12 +237,7 @@ class MetaReweighter:
             else:  # the same sum over every rank's samples, through the shared Z
                 hyper = weight_net_gradient(outputs, theta, sensitivity.to(outputs.dtype), normalizer,
                                             self.normalize, first.shards)
-            if not torch.isfinite(torch.cat([g.reshape(-1) for g in hyper])).all():  # one host sync for all of Θ
-                raise NonFiniteLossError("hypergradient for the weight net")
-            restore = undo_point(self.weight_net, self.weight_optimizer)
-            for p, g in zip(theta, hyper):
-                p.grad = g
-            self.weight_optimizer.step()
+            restore = step_weight_net(self.weight_net, self.weight_optimizer, hyper)
             with torch.no_grad():
                 new_weights = self._weights(losses, first.targets)
         # A non-finite new weight shows in the real update's loss, checked (once) before the optimizer steps; the

@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mwnet.distributed import current_shards
-from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import check_mode, weight_sensitivity
 from mwnet.hypergradients.problem import call_with_buffers
 from mwnet.losses import LossFn, mean_cross_entropy, per_sample_cross_entropy
-from mwnet.module_state import check_owned, trainable_parameters, training_mode, undo_point
+from mwnet.module_state import check_owned, step_weight_net, trainable_parameters, training_mode
 from mwnet.step import FirstForward, StepOptions, StepResult, Weighting, reweighted_step
 from mwnet.weighting import apply_weight_net
 
@@ -218,12 +217,7 @@ class LabelCorrectingReweighter:
         hyper = torch.autograd.grad(coefficients, theta, grad_outputs=sensitivity.to(coefficients.dtype),
                                     allow_unused=True)
         hyper = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, hyper)]
-        if not torch.isfinite(torch.cat([g.reshape(-1) for g in hyper])).all():
-            raise NonFiniteLossError("hypergradient for the weight net")
-        restore = undo_point(self.weight_net, self.weight_optimizer)
-        for p, g in zip(theta, hyper):
-            p.grad = g
-        self.weight_optimizer.step()
+        restore = step_weight_net(self.weight_net, self.weight_optimizer, hyper)
         with torch.no_grad():
             weights = self._weights(losses, first.targets)
         return Weighting(_coefficients(weights), weights, meta_loss, True, restore)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from mwnet.errors import NonFiniteLossError
+
 
 def trainable_parameters(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor],
                                                                                       dict[str, float]]:
@@ -105,3 +107,17 @@ def uncompiled(model: nn.Module) -> nn.Module:
     dual tensors, which a compiled graph would have to recompile for; compile the rest of your loop instead."""
     original = getattr(model, "_orig_mod", None)
     return original if isinstance(original, nn.Module) else model
+
+
+def step_weight_net(weight_net: nn.Module, weight_optimizer: torch.optim.Optimizer,
+                    hyper: list[Tensor]) -> Callable[[], None]:
+    """Θ ← opt_Θ with the hypergradient `hyper` (one per trainable parameter of V), after one finite check for all
+    of Θ (a single host sync); returns the function that undoes this update (the step calls it if the real update
+    is then refused)."""
+    if not torch.isfinite(torch.cat([g.reshape(-1) for g in hyper])).all():
+        raise NonFiniteLossError("hypergradient for the weight net")
+    restore = undo_point(weight_net, weight_optimizer)
+    for p, g in zip([p for p in weight_net.parameters() if p.requires_grad], hyper):
+        p.grad = g
+    weight_optimizer.step()
+    return restore

@@ -16,8 +16,23 @@ _HOLDOUT_FRACTION = 0.2  # test share carved (seed 0) where a source has no test
 MAX_CLASSES = 100_000
 
 
+class ClassesAndShape:
+    """`num_classes` and `input_shape` of anything holding `classes` and `x_train` (a Dataset, a Split)."""
+
+    classes: Any
+    x_train: Any
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.x_train.shape[1:])
+
+
 @dataclass
-class Dataset:
+class Dataset(ClassesAndShape):
     """A data set as loaded: train and test (and, where the source ships one, a clean meta set).
 
     Images are uint8 (N, C, H, W) tensors or a `LazyImages`; tables float32 (N, D); labels int64 (N,).
@@ -51,13 +66,6 @@ class Dataset:
     train_ids: np.ndarray | None = None
     meta_ids: np.ndarray | None = None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.x_train.shape[1:])
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:

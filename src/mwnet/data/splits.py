@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mwnet.data.corruption import NoiseSpec, corrupt_labels, empirical_transition_matrix, parse_noise
-from mwnet.data.dataset import Dataset
+from mwnet.data.dataset import ClassesAndShape, Dataset
 from mwnet.data.images import take
 
 # Independent random streams of one seed, by purpose (SeedSequence(seed).spawn order is fixed by these indices).
@@ -48,7 +48,7 @@ class UnverifiedMetaSetError(ValueError):
 
 
 @dataclass
-class Split:
+class Split(ClassesAndShape):
     """A data set prepared for one run. `y_train` is what the model is trained on (possibly corrupted);
     `y_true` the truth, `corrupted` = (y_train != y_true), `train_index` indices into the data set's training
     set (`meta_index` likewise, None for a meta set the source shipped). `source_ids[i]` is where training sample i
@@ -77,13 +77,6 @@ class Split:
     source_ids: np.ndarray | None = None
     meta_source_ids: np.ndarray | None = None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.x_train.shape[1:])
 
 
 def _rngs(seed: int) -> list[np.random.Generator]:

@@ -9,6 +9,7 @@ Everything else is `mwnet` (`MetaReweighter`, its options, its step).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,15 +28,12 @@ class CMWNetOptions(MWNetOptions):
                                       "cluster of the per-class training counts (the authors: 3)", check=POSITIVE_INT)
 
 
-@register_method("cmwnet")
-class ClassAwareMetaWeightNet(MetaWeightNetMethod):
-    """CMW-Net: per-sample weights V(ℓ, y; Θ), one head per cluster of class sizes, learned on the meta set."""
+class ClassAwareCurves:
+    """What a method with a class-aware V reports: weights given the labels, and one curve per head."""
 
-    Options = CMWNetOptions
-
-    def make_weight_net(self) -> torch.nn.Module:
-        heads = class_heads(self.context.class_counts, self.options.weight_net_heads)
-        return ClassAwareWeightNet(heads, hidden=self.options.weight_net_hidden, init=self.options.weight_net_init)
+    reweighter: Any
+    weight_net: Any
+    context: Any
 
     def sample_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
         return self.reweighter.weights(losses, targets)
@@ -45,6 +43,18 @@ class ClassAwareMetaWeightNet(MetaWeightNetMethod):
 
     def head_curves(self, losses: Tensor) -> dict[str, Tensor]:
         return head_curves(self.weight_net, self.context.class_counts, losses)
+
+
+@register_method("cmwnet")
+class ClassAwareMetaWeightNet(ClassAwareCurves, MetaWeightNetMethod):
+    """CMW-Net: per-sample weights V(ℓ, y; Θ), one head per cluster of class sizes, learned on the meta set."""
+
+    Options = CMWNetOptions
+
+    def make_weight_net(self) -> torch.nn.Module:
+        heads = class_heads(self.context.class_counts, self.options.weight_net_heads)
+        return ClassAwareWeightNet(heads, hidden=self.options.weight_net_hidden, init=self.options.weight_net_init)
+
 
 
 def head_curves(weight_net: ClassAwareWeightNet, counts: tuple[int, ...], losses: Tensor) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ from torch import Tensor
 from mwnet.label_correction import LabelCorrectingReweighter
 from mwnet.methods import register_method
 from mwnet.methods.base import Method, MethodContext
-from mwnet.methods.cmwnet import CMWNetOptions, head_curves
+from mwnet.methods.cmwnet import ClassAwareCurves, CMWNetOptions
 from mwnet.methods.mwnet import make_weight_optimizer
 from mwnet.methods.options import FINITE_POSITIVE, NON_NEGATIVE, Check, option
 from mwnet.step import StepResult
@@ -40,7 +40,7 @@ class CMWNetSLOptions(CMWNetOptions):
 
 
 @register_method("cmwnet-sl")
-class LabelCorrectingCMWNet(Method):
+class LabelCorrectingCMWNet(ClassAwareCurves, Method):
     """CMW-Net-SL: Lᵢ = vᵢ CE(xᵢ, yᵢ) + (1 − vᵢ) CE(xᵢ, p̃ᵢ), vᵢ = V(ℓᵢ, yᵢ; Θ) learned on the meta set."""
 
     uses_meta = True
@@ -75,14 +75,6 @@ class LabelCorrectingCMWNet(Method):
             return self.reweighter.warmup_step(x, y)
         return self.reweighter.step(x, y, x_meta, y_meta)
 
-    def sample_weights(self, losses: Tensor, targets: Tensor) -> Tensor:
-        return self.reweighter.weights(losses, targets)
-
-    def weight_curve(self, losses: Tensor) -> None:
-        return None  # the weight depends on the class too: see head_curves
-
-    def head_curves(self, losses: Tensor) -> dict[str, Tensor]:
-        return head_curves(self.weight_net, self.context.class_counts, losses)
 
     def state_dict(self) -> dict:
         return {"reweighter": self.reweighter.state_dict()}
