@@ -170,4 +170,8 @@ def test_two_ctrl_c_while_workers_start_print_no_traceback(tmp_path):
             if compare.poll() is None:
                 os.killpg(compare.pid, signal.SIGKILL)
     assert compare.returncode == 130 and "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == "mwnet: interrupted"
+    # multiprocessing's resource tracker, a process of the same group, may warn about a semaphore the workers
+    # already released (Python's own two-line UserWarning); mwnet's last word is the line that counts.
+    ours = [line for line in stderr.strip().splitlines()
+            if "resource_tracker" not in line and not line.strip().startswith("warnings.warn(")]
+    assert ours[-1] == "mwnet: interrupted", stderr
