@@ -110,3 +110,24 @@ def noisy_digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("noisy-digits") / "run"
     train(resolve_config(None, TINY_NOISY_RUN), out)
     return out
+
+
+def assert_matches_central_differences(weight_net: nn.Module, theta: list[Tensor], hyper: list[Tensor],
+                                       objective, generator: torch.Generator, *, h: float = 1e-5,
+                                       rel: float = 1e-6, checks: int = 3) -> None:
+    """`hyper` (the hypergradient at Θ = `theta`) against central differences of `objective(V)` (a float) along
+    `checks` random directions drawn from `generator`: relative error ≤ `rel` (absolute for tiny slopes)."""
+    import copy
+
+    for _ in range(checks):
+        direction = [torch.randn(t.shape, generator=generator, dtype=t.dtype) for t in theta]
+        values = []
+        for sign in (1, -1):
+            probe = copy.deepcopy(weight_net)
+            with torch.no_grad():
+                for p, t, d in zip(probe.parameters(), theta, direction):
+                    p.copy_(t + sign * h * d)
+            values.append(float(objective(probe)))
+        numeric = (values[0] - values[1]) / (2 * h)
+        analytic = sum(float((gr * d).sum()) for gr, d in zip(hyper, direction))
+        assert abs(analytic - numeric) <= rel * max(abs(numeric), 1e-8), (analytic, numeric)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import assert_matches_central_differences
 from mwnet import MetaReweighter, MetaWeightNet, NonFiniteLossError
 from mwnet.hypergradients import EXACT_HYPERGRADIENTS, HYPERGRADIENTS
 from mwnet.losses import normalize_weights
@@ -118,20 +119,9 @@ def test_hypergradient_matches_central_differences(kind, normalize, mode):
     rw.step(x, y, xm, ym)
     hyper = [p.grad.clone() for p in wnet.parameters()]
 
-    g = torch.Generator().manual_seed(3)
-    h = 1e-5
-    for _ in range(3):
-        direction = [torch.randn(t.shape, generator=g, dtype=DTYPE) for t in theta]
-        values = []
-        for sign in (1, -1):
-            probe = copy.deepcopy(wnet)
-            with torch.no_grad():
-                for p, t, d in zip(probe.parameters(), theta, direction):
-                    p.copy_(t + sign * h * d)
-            values.append(float(meta_objective(reference_model, probe, x, y, xm, ym, lrs, normalize)))
-        numeric = (values[0] - values[1]) / (2 * h)
-        analytic = sum(float((gr * d).sum()) for gr, d in zip(hyper, direction))
-        assert abs(analytic - numeric) <= 1e-6 * max(abs(numeric), 1e-8), (analytic, numeric)
+    assert_matches_central_differences(
+        wnet, theta, hyper, lambda probe: meta_objective(reference_model, probe, x, y, xm, ym, lrs, normalize),
+        torch.Generator().manual_seed(3))
 
 
 # ---- equivalence with the naive official algorithm ----------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_states_close, make_mlp
+from conftest import assert_matches_central_differences, assert_states_close, make_mlp
 from mwnet.hypergradients import EXACT_HYPERGRADIENTS
 from mwnet.label_correction import LabelCorrectingReweighter, soft_label_loss_terms
 from mwnet.methods import MethodContext, create_method
@@ -131,21 +131,10 @@ def test_hypergradient_matches_central_differences(mode, mixup):
     rw.step(x, y, xm, ym)
     hyper = [p.grad.clone() for p in wnet.parameters()]  # weight lr 0: Θ stays, .grad is the hypergradient
     assert all(g.abs().sum() > 0 for g in hyper)
-    g = torch.Generator().manual_seed(4)
-    h = 1e-5
-    for _ in range(3):
-        direction = [torch.randn(t.shape, generator=g, dtype=DTYPE) for t in theta]
-        values = []
-        for sign in (1, -1):
-            probe = copy.deepcopy(wnet)
-            with torch.no_grad():
-                for p, t, d in zip(probe.parameters(), theta, direction):
-                    p.copy_(t + sign * h * d)
-            values.append(hand_meta_objective(reference, probe, x, y, xm, ym, probs, lam, perm, meta_lam,
-                                              meta_perm))
-        numeric = (values[0] - values[1]) / (2 * h)
-        analytic = sum(float((gr * d).sum()) for gr, d in zip(hyper, direction))
-        assert abs(analytic - numeric) <= 1e-6 * max(abs(numeric), 1e-8), (analytic, numeric)
+    assert_matches_central_differences(
+        wnet, theta, hyper, lambda probe: hand_meta_objective(reference, probe, x, y, xm, ym, probs, lam, perm,
+                                                              meta_lam, meta_perm),
+        torch.Generator().manual_seed(4))
 
 
 def method_setup(**options):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_states_close, make_mlp
+from conftest import assert_matches_central_differences, assert_states_close, make_mlp
 from mwnet import MetaReweighter, MetaWeightNet
 from mwnet.hypergradients import EXACT_HYPERGRADIENTS
 from mwnet.weighting import ClassAwareWeightNet, class_heads
@@ -204,19 +204,8 @@ def test_hypergradient_through_a_class_aware_net_matches_central_differences(mod
     rw.step(x, y, xm, ym)
     hyper = [p.grad.clone() for p in wnet.parameters()]
     assert all(gr.abs().sum() > 0 for gr in hyper)  # every head is used and gets a gradient
-    h = 1e-5
-    for _ in range(3):
-        direction = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in theta]
-        values = []
-        for sign in (1, -1):
-            probe = copy.deepcopy(wnet)
-            with torch.no_grad():
-                for p, t, d in zip(probe.parameters(), theta, direction):
-                    p.copy_(t + sign * h * d)
-            values.append(class_aware_meta_objective(reference, probe, x, y, xm, ym, 0.4))
-        numeric = (values[0] - values[1]) / (2 * h)
-        analytic = sum(float((gr * d).sum()) for gr, d in zip(hyper, direction))
-        assert abs(analytic - numeric) <= 1e-6 * max(abs(numeric), 1e-8), (analytic, numeric)
+    assert_matches_central_differences(
+        wnet, theta, hyper, lambda probe: class_aware_meta_objective(reference, probe, x, y, xm, ym, 0.4), g)
 
 
 def test_class_aware_net_refuses_bad_input():
