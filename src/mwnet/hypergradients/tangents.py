@@ -1,11 +1,13 @@
-"""Tangent-only convolutions and linear layers for the dual pass of the "forward" mode.
+"""Tangent-only convolutions, linear layers and batch norms for the dual pass of the "forward" mode.
 
 The dual pass differentiates the per-sample losses along u at the same w, on the same batch, with the same
 buffers and dropout masks as the step's first forward, so every layer's primal output is one the first forward
 already computed. For a convolution or linear layer z = W ⋆ x + b, forward-mode AD would run three products
 (W ⋆ x, W ⋆ ẋ, Ẇ ⋆ x); here the first is taken from the first forward and only the tangent
-ż = W ⋆ ẋ + Ẇ ⋆ x + ḃ is computed. Every other layer runs its ordinary dual forward. A layer whose recorded
-output was since modified in place, or that is called more often than it was recorded, runs its ordinary forward.
+ż = W ⋆ ẋ + Ẇ ⋆ x + ḃ is computed. A batch norm on batch statistics gets its tangent from two fused kernels
+(`_batch_norm_tangent`) instead of forward-mode AD's decomposition, which recomputes the primal and runs about
+fifteen elementwise passes. Every other layer runs its ordinary dual forward. A layer whose recorded output was
+since modified in place, or that is called more often than it was recorded, runs its ordinary forward.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-TANGENT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+TANGENT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear, _BatchNorm)
 
 
 class PrimalCache:
-    """The first forward's outputs of every convolution and linear layer, in call order."""
+    """The first forward's outputs of every convolution, linear layer and batch norm, in call order."""
 
     def __init__(self) -> None:
         self.outputs: dict[nn.Module, list[tuple[Tensor, int]]] = {}
@@ -74,24 +78,63 @@ class _TangentOnly:
             return type(module).forward(module, x)
         primal = self.outputs[call][0]
         x_p, x_t = fwAD.unpack_dual(x)
-        w_p, w_t = fwAD.unpack_dual(module.weight)
-        b_t = fwAD.unpack_dual(module.bias).tangent if module.bias is not None else None
         if x_p.shape[0] != primal.shape[0]:
             return type(module).forward(module, x)
-        tangent = None
-        for inputs, weight in ((x_t, w_p), (x_p, w_t)):
-            if inputs is not None and weight is not None:
-                part = _product(module, inputs, weight)
-                tangent = part if tangent is None else tangent + part
-        if b_t is not None:
-            shape = (1, -1) + (1,) * (primal.dim() - 2) if isinstance(module, nn.Conv2d) else (-1,)
-            tangent = b_t.view(shape).expand_as(primal) if tangent is None else tangent + b_t.view(shape)
+        if isinstance(module, _BatchNorm):
+            if not _uses_batch_statistics(module) or x_p.shape != primal.shape:
+                return type(module).forward(module, x)
+            tangent = _batch_norm_tangent(module, x_p, x_t)
+        else:
+            tangent = _affine_tangent(module, x_p, x_t, primal)
         if tangent is None:
             return primal
         # No copy of the primal is needed: the dual pass runs the first forward's code, so an in-place op on this
         # output (an inplace ReLU) ran in the first forward too, changed the recorded tensor's version, and sent
         # this call to the ordinary forward above.
         return fwAD.make_dual(primal, tangent.to(primal.dtype))
+
+
+def _affine_tangent(module: nn.Module, x_p: Tensor, x_t: Tensor | None, primal: Tensor) -> Tensor | None:
+    """ż = W ⋆ ẋ + Ẇ ⋆ x + ḃ of a convolution or linear layer (None when every tangent is zero)."""
+    w_p, w_t = fwAD.unpack_dual(module.weight)
+    b_t = fwAD.unpack_dual(module.bias).tangent if module.bias is not None else None
+    tangent = None
+    for inputs, weight in ((x_t, w_p), (x_p, w_t)):
+        if inputs is not None and weight is not None:
+            part = _product(module, inputs, weight)
+            tangent = part if tangent is None else tangent.add_(part)  # in place: both are fresh products
+    if b_t is not None:
+        shape = (1, -1) + (1,) * (primal.dim() - 2) if isinstance(module, nn.Conv2d) else (-1,)
+        tangent = b_t.view(shape).expand_as(primal) if tangent is None else tangent + b_t.view(shape)
+    return tangent
+
+
+def _batch_norm_tangent(module: _BatchNorm, x_p: Tensor, x_t: Tensor | None) -> Tensor | None:
+    """ẏ of y = γ x̂ + β, x̂ = (x − μ)/σ on batch statistics, without recomputing y.
+
+    ẏ = γ̇ x̂ + β̇ + γ ẋ̂ with ẋ̂ = (ẋ − mean ẋ − x̂ · mean(x̂ ẋ))/σ per channel. The first two terms are a batch norm
+    of x with γ̇, β̇ as its affine parameters (which also returns μ and 1/σ); the third is ∂x̂/∂x applied to ẋ,
+    and since that Jacobian, (I − 11ᵀ/m − x̂x̂ᵀ/m)/σ over a channel's m values, is symmetric, batch norm's
+    backward kernel computes it with ẋ in the place of the output gradient.
+    """
+    weight, weight_t = fwAD.unpack_dual(module.weight) if module.weight is not None else (None, None)
+    bias_t = fwAD.unpack_dual(module.bias).tangent if module.bias is not None else None
+    if x_t is None and weight_t is None and bias_t is None:
+        return None
+    channels = x_p.shape[1]
+    zero = x_p.new_zeros(channels, dtype=weight.dtype if weight is not None else x_p.dtype)
+    weight_t = zero if weight_t is None else weight_t
+    bias_t = zero if bias_t is None else bias_t
+    tangent, mean, invstd = torch.native_batch_norm(x_p, weight_t, bias_t, None, None, True, 0.0, module.eps)
+    if x_t is not None:
+        tangent = tangent.add_(torch.ops.aten.native_batch_norm_backward(
+            x_t, x_p, weight, None, None, mean, invstd, True, module.eps, [True, False, False])[0])
+    return tangent
+
+
+def _uses_batch_statistics(module: _BatchNorm) -> bool:
+    """Whether the layer normalises by the batch's statistics (as `_BatchNorm.forward` decides)."""
+    return module.training or module.running_mean is None or module.running_var is None
 
 
 def _product(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
@@ -101,6 +144,8 @@ def _product(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
 
 
 def _supported(module: nn.Module) -> bool:
+    if isinstance(module, _BatchNorm):  # not SyncBatchNorm, or any other subclass with a forward of its own
+        return type(module).forward is _BatchNorm.forward
     if isinstance(module, nn.Conv2d):
         return module.padding_mode == "zeros" and type(module).forward is nn.Conv2d.forward
     return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
