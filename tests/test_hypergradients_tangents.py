@@ -104,8 +104,8 @@ def test_batch_norm_tangents_equal_the_full_dual_pass(monkeypatch):
     torch.manual_seed(0)
     model = Norms().to(DTYPE)
     calls = []
-    original = tangents._batch_norm_tangent
-    monkeypatch.setattr(tangents, "_batch_norm_tangent", lambda module, *args: calls.append(module)
+    original = tangents.batch_norm_dual
+    monkeypatch.setattr(tangents, "batch_norm_dual", lambda module, *args: calls.append(module)
                         or original(module, *args))
     states = []
     for tangent_only in (False, True):
@@ -124,8 +124,8 @@ def test_batch_norm_tangents_equal_the_full_dual_pass(monkeypatch):
     assert_states_close(states[0][0], states[1][0], 1e-12)
 
 
-def test_batch_norm_tangent_is_the_jvp_of_batch_norm():
-    """The formula itself, against torch's forward-mode AD of F.batch_norm (γ̇, β̇ and ẋ all non-zero)."""
+def test_batch_norm_dual_is_forward_mode_ad_of_batch_norm():
+    """The formulas themselves, against torch's forward-mode AD of F.batch_norm (γ̇, β̇ and ẋ all non-zero)."""
     import torch.autograd.forward_ad as fwAD
     import torch.nn.functional as F
 
@@ -137,9 +137,21 @@ def test_batch_norm_tangent_is_the_jvp_of_batch_norm():
     with fwAD.dual_level():
         y = F.batch_norm(fwAD.make_dual(x, dx), None, None, fwAD.make_dual(weight, dweight),
                          fwAD.make_dual(bias, dbias), True, 0.1, bn.eps)
-        expected = fwAD.unpack_dual(y).tangent
+        expected, expected_tangent = fwAD.unpack_dual(y)
         del bn.weight, bn.bias
         bn.weight, bn.bias = fwAD.make_dual(weight, dweight), fwAD.make_dual(bias, dbias)
-        got = tangents._batch_norm_tangent(bn, x, dx)
+        got, got_tangent = tangents.batch_norm_dual(bn, x, dx)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
-    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got_tangent, expected_tangent, rtol=0, atol=1e-12)
+    assert expected_tangent.abs().max() > 0.1
+
+
+def test_batch_norm_outputs_are_not_kept():
+    """Nothing else keeps a batch norm's output alive through the step, so the cache must not: it holds the
+    convolution and linear outputs (which autograd saves anyway) and only a list of the norms."""
+    model = Norms().to(DTYPE)
+    cache = tangents.PrimalCache()
+    with cache.recording(model):
+        model(batches(0)[0])
+    assert set(cache.outputs) == {model.conv, model.fc, model.head}
+    assert cache.norms == [model.plain, model.frozen, model.stateless, model.bn1d, model.evaluated]
