@@ -7,7 +7,14 @@ import os
 import pytest
 import torch
 
-from mwnet.system import available_cores, cpu_snapshot, load_average, machine_info, others_cpu_share
+from mwnet.system import (
+    ALLOCATOR_VARIABLES,
+    available_cores,
+    cpu_snapshot,
+    load_average,
+    machine_info,
+    others_cpu_share,
+)
 
 
 def test_others_cpu_share_subtracts_own_time():
@@ -29,3 +36,13 @@ def test_machine_info_names_threads_torch_and_cores():
     assert 1 <= available_cores() <= (os.cpu_count() or 1)
     load = load_average()
     assert load == "unknown" or float(load) >= 0
+
+
+def test_the_host_allocator_settings_are_named(monkeypatch):
+    for name in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert machine_info("cpu", 1)["allocator"] == "the C library's malloc, default settings"
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=4294967296")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    assert machine_info("cpu", 1)["allocator"] == ("LD_PRELOAD=/usr/lib/libjemalloc.so.2, "
+                                                   "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296")

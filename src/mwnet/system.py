@@ -38,10 +38,22 @@ def machine_info(device: str, threads: int) -> dict[str, str]:
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "device": device,
+        "allocator": host_allocator(),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+#: Environment variables that change how host memory is allocated (an allocator preloaded, glibc's malloc tuned).
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
+                       "MALLOC_TRIM_THRESHOLD_")
+
+
+def host_allocator() -> str:
+    """How host memory is allocated: CPU timings depend on it (docs/performance.md, "The CPU allocator")."""
+    settings = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
+    return ", ".join(settings) if settings else "the C library's malloc, default settings"
 
 
 def load_average() -> str:

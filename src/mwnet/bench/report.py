@@ -130,6 +130,7 @@ def format_markdown(report: SpeedReport) -> str:
         "header", command=report.command or "mwnet bench speed", date=report.date,
         machine=f"{info['cpu']}, {info['cores']}" + (f", GPU {info['gpu']}" if "gpu" in info else ""),
         torch=info["torch"], threads=info["threads"], python=info["python"], os=info["os"], device=info["device"],
+        allocator=info.get("allocator", "unknown"),
         load=info.get("load", "unknown"), seed=cfg.seed, classifier_sgd=describe_sgd(CLASSIFIER_SGD),
         hidden=WEIGHT_NET_HIDDEN, weight_net_sgd=describe_sgd(WEIGHT_NET_SGD), batch_size=cfg.batch_size,
         meta_batch_size=meta_batch, warmup=cfg.warmup, steps=cfg.steps, interval=cfg.interval,
