@@ -89,7 +89,8 @@ class MetaReweighter:
         scaler: a `torch.amp.GradScaler` for the real update and the virtual and meta gradients; an overflow
             returns a result with `skipped=True` and changes nothing but the scale [one of its own for "fp16"].
         tangent_only: in the "forward" mode's dual pass, convolutions and linear layers reuse the first
-            forward's outputs and compute only their tangents (same result, less work) [True].
+            forward's outputs and compute only their tangents, batch norms use fused kernels (same result, less
+            work) [True].
 
     A hypergradient mode that fails with NotImplementedError (an op without a forward-mode rule: a custom
     autograd.Function without jvp, some fused kernels) makes "forward" fall back once, with a warning, to the
