@@ -34,6 +34,22 @@ def test_cli_writes_report_and_json(tmp_path, capsys):
     assert rows[0]["peak_memory_mib"] is None and data["config"]["batch_size"] == 4
 
 
+def test_the_command_line_carries_the_allocator_settings(tmp_path, monkeypatch):
+    """CPU timings depend on how host memory is allocated, so the reproducing command sets it as it was."""
+    from mwnet.system import ALLOCATOR_VARIABLES
+
+    for name in ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=4294967296")
+    out = tmp_path / "SPEED.md"
+    assert main(["bench", "speed", "--models", "cnn", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+                 "--methods", "ce", "--device", "cpu", "--threads", "1", "--no-memory", "--output", str(out),
+                 "--quiet"]) == 0
+    text = out.read_text()
+    assert "\nGLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296 mwnet bench speed --models cnn " in text
+    assert "- host memory allocator: GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296\n" in text
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--models", "nope"], "unknown benchmark model 'nope'"),
     (["--models", "cnn", "--steps", "0"], "steps must be an integer >= 1, got 0"),
