@@ -50,10 +50,14 @@ ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALL
                        "MALLOC_TRIM_THRESHOLD_")
 
 
+def allocator_settings() -> list[str]:
+    """The allocator variables this process runs under, as NAME=VALUE (empty when none is set)."""
+    return [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
+
+
 def host_allocator() -> str:
     """How host memory is allocated: CPU timings depend on it (docs/performance.md, "The CPU allocator")."""
-    settings = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
-    return ", ".join(settings) if settings else "the C library's malloc, default settings"
+    return ", ".join(allocator_settings()) or "the C library's malloc, default settings"
 
 
 def load_average() -> str:

@@ -35,8 +35,7 @@ class MetaWeightNet(nn.Module):
         widths = (hidden,) if isinstance(hidden, int) else tuple(hidden) if isinstance(hidden, Sequence) else ()
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"hidden must be a positive int or a non-empty tuple of positive ints, got {hidden!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        _check_init(init)
         self.init = init
         self.hidden = widths
         layers: list[nn.Module] = []
@@ -47,17 +46,10 @@ class MetaWeightNet(nn.Module):
         layers.append(nn.Linear(fan_in, 1))
         self.layers = nn.Sequential(*layers)
         if init == "xavier":
-            for module in self.layers:
-                if isinstance(module, nn.Linear):
-                    nn.init.xavier_normal_(module.weight)
-                    nn.init.zeros_(module.bias)
+            _xavier([m for m in self.layers if isinstance(m, nn.Linear)])
 
     def forward(self, losses: Tensor) -> Tensor:
-        if losses.dim() == 1:
-            losses = losses.unsqueeze(1)
-        elif losses.dim() != 2 or losses.shape[1] != 1:
-            raise ValueError(f"losses must have shape (n,) or (n, 1), got {tuple(losses.shape)}")
-        return torch.sigmoid(self.layers(losses)).squeeze(1)
+        return torch.sigmoid(self.layers(_loss_column(losses))).squeeze(1)
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, init={self.init!r}"
@@ -145,8 +137,7 @@ class ClassAwareWeightNet(nn.Module):
         super().__init__()
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"hidden must be a positive int, got {hidden!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        _check_init(init)
         head_of_class = None
         if heads is not None:
             head_of_class = torch.as_tensor(list(heads), dtype=torch.long)
@@ -161,17 +152,11 @@ class ClassAwareWeightNet(nn.Module):
         self.register_buffer("head_of_class", torch.zeros(0, dtype=torch.long) if head_of_class is None
                              else head_of_class)
         if init == "xavier":
-            for layer in (self.trunk, *self.heads):
-                nn.init.xavier_normal_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            _xavier([self.trunk, *self.heads])
 
     def head_weights(self, losses: Tensor) -> Tensor:
         """(n, H): the weight every head would give each loss (the learned curves, one per head)."""
-        if losses.dim() == 1:
-            losses = losses.unsqueeze(1)
-        elif losses.dim() != 2 or losses.shape[1] != 1:
-            raise ValueError(f"losses must have shape (n,) or (n, 1), got {tuple(losses.shape)}")
-        features = torch.relu(self.trunk(losses))
+        features = torch.relu(self.trunk(_loss_column(losses)))
         return torch.sigmoid(torch.cat([head(features) for head in self.heads], dim=1))
 
     def forward(self, losses: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -192,6 +177,27 @@ class ClassAwareWeightNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, heads={self.num_heads}, init={self.init!r}"
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def _xavier(layers: Sequence[nn.Linear]) -> None:
+    """Xavier-normal weights, zero biases: the "xavier" start of both weight nets."""
+    for layer in layers:
+        nn.init.xavier_normal_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
+def _loss_column(losses: Tensor) -> Tensor:
+    """Losses of shape (n,) or (n, 1) as the (n, 1) input of a weight net's first layer."""
+    if losses.dim() == 1:
+        return losses.unsqueeze(1)
+    if losses.dim() != 2 or losses.shape[1] != 1:
+        raise ValueError(f"losses must have shape (n,) or (n, 1), got {tuple(losses.shape)}")
+    return losses
 
 
 def apply_weight_net(weight_net: nn.Module, losses: Tensor, targets: Tensor | None = None) -> Tensor:

@@ -100,10 +100,9 @@ def _command(args: argparse.Namespace, config: SpeedConfig, threads: int) -> str
     """The command line that reproduces this run, every value spelled out, after the allocator settings it ran
     under (CPU timings depend on them)."""
     from mwnet.bench import ALL_METHODS
-    from mwnet.system import ALLOCATOR_VARIABLES
+    from mwnet.system import allocator_settings
 
-    environment = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
-    parts = [*environment, "mwnet", "bench", "speed", "--models", ",".join(config.models),
+    parts = [*allocator_settings(), "mwnet", "bench", "speed", "--models", ",".join(config.models),
              "--batch-size", str(config.batch_size)]
     if config.meta_batch_size is not None:
         parts += ["--meta-batch-size", str(config.meta_batch_size)]
