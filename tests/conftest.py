@@ -70,6 +70,18 @@ def assert_states_close(a: nn.Module | Mapping[str, Tensor], b: nn.Module | Mapp
             assert torch.equal(ta, tb), key
 
 
+def nested_equal(a: Any, b: Any) -> bool:
+    """Exact equality of nested state (tensors bit for bit, dicts, lists and tuples entry by entry, the rest by
+    ==): a module's, an optimizer's or a whole method's state_dict before and after a refused step."""
+    if isinstance(a, Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(nested_equal(u, v) for u, v in zip(a, b))
+    return a == b
+
+
 def save_weight_net_run(out: Path, weight_net: nn.Module, *, method: str = "mwnet", normalize: str = "sum") -> Path:
     """A run directory `out` that holds only what reusing its weight net reads: config.json (method, normalize)
     and checkpoint.pt with the method's state {"weight_net": V's state_dict}."""

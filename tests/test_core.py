@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_matches_central_differences
+from conftest import assert_matches_central_differences, nested_equal
 from mwnet import MetaReweighter, MetaWeightNet, NonFiniteLossError
 from mwnet.hypergradients import EXACT_HYPERGRADIENTS, HYPERGRADIENTS
 from mwnet.losses import normalize_weights
@@ -366,16 +366,7 @@ def snapshot(*objects):
 
 
 def states_equal(a, b) -> bool:
-    def eq(u, v):
-        if isinstance(u, torch.Tensor):
-            return torch.equal(u, v)
-        if isinstance(u, dict):
-            return u.keys() == v.keys() and all(eq(u[k], v[k]) for k in u)
-        if isinstance(u, (list, tuple)):
-            return len(u) == len(v) and all(eq(s, t) for s, t in zip(u, v))
-        return u == v
-
-    return all(eq(u, v) for u, v in zip(a, b))
+    return all(nested_equal(u, v) for u, v in zip(a, b))
 
 
 def make_bad_cases():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_states_close, make_cnn, make_mlp
+from conftest import assert_states_close, make_cnn, make_mlp, nested_equal
 from mwnet import MetaReweighter, MetaWeightNet
 from mwnet.core import ForwardModeFallbackWarning
 
@@ -35,16 +35,6 @@ def setup(model: nn.Module | None = None, **kwargs) -> tuple[MetaReweighter, nn.
 def full_state(rw: MetaReweighter) -> list:
     return copy.deepcopy([rw.model.state_dict(), rw.optimizer.state_dict(), rw.weight_net.state_dict(),
                           rw.weight_optimizer.state_dict()])
-
-
-def same(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(u, v) for u, v in zip(a, b))
-    return a == b
 
 
 # ---- outputs of any type ----------------------------------------------------------------------------------
@@ -83,7 +73,7 @@ def test_dict_output_with_the_default_loss_is_one_clear_error_and_changes_nothin
     before = full_state(rw)
     with pytest.raises(ValueError, match="default cross-entropy needs \\(n, K\\) logits, got dict"):
         rw.step(*batches())
-    assert same(before, full_state(rw))
+    assert nested_equal(before, full_state(rw))
 
 
 # ---- ops without forward-mode AD, compiled models ---------------------------------------------------------
@@ -158,7 +148,7 @@ def test_gradient_accumulation_steps_the_optimizer_every_kth_call_on_the_summed_
     rw.optimizer.param_groups[0].update(momentum=0.0, weight_decay=0.0)
     start = copy.deepcopy(model.state_dict())
     rw.step(*batches(seed=0))
-    assert same(start, model.state_dict())  # not stepped yet
+    assert nested_equal(start, model.state_dict())  # not stepped yet
     first = [p.grad.clone() for p in model.parameters()]
     # The second micro-batch's gradient, from an independent one-call step at the same w, Θ and lr.
     probe_model, probe_wnet = copy.deepcopy(model), copy.deepcopy(wnet)
@@ -185,7 +175,7 @@ def test_a_gradient_scaler_overflow_skips_the_step_and_changes_nothing_but_the_s
     scale = scaler.get_scale()
     result = rw.step(x, y, xm, ym)
     assert result.skipped and not result.meta_updated and result.loss != result.loss
-    assert same(before, full_state(rw)) and rw.iteration == 0
+    assert nested_equal(before, full_state(rw)) and rw.iteration == 0
     assert scaler.get_scale() == scale / 2
     scaler.update(new_scale=2.0**4)
     result = rw.step(x, y, xm, ym)
@@ -236,4 +226,4 @@ def test_wrong_dtypes_and_labels_are_one_value_error_and_change_nothing(case):
     before = full_state(rw)
     with pytest.raises(ValueError, match=message):
         rw.step(*args)
-    assert same(before, full_state(rw))
+    assert nested_equal(before, full_state(rw))
