@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 from torch.func import functional_call
 
-from mwnet.distributed import Shards, Traffic, check_supported, current_shards, global_sum, sum_gradients, unwrap
+from mwnet.distributed import Traffic, check_supported, current_shards, global_sum, sum_gradients, unwrap
 from mwnet.errors import NonFiniteLossError
 from mwnet.hypergradients import ModeInputs, VirtualStep, capture_rng_state
+from mwnet.hypergradients.problem import BatchProblem
 from mwnet.hypergradients.tangents import PrimalCache
 from mwnet.inputs import as_inputs, check_batch, check_class_targets, describe, detached, first_line
 from mwnet.losses import LossFn, per_sample_cross_entropy
@@ -89,32 +90,22 @@ class StepOptions:
     loss_terms: int | None = None
 
 
-@dataclass
-class FirstForward:
-    """The step's first forward on x, handed to a weighting rule; `problem()` poses the virtual step on it."""
+@dataclass(frozen=True, kw_only=True)
+class FirstForward(BatchProblem):
+    """The step's first forward on x, handed to a weighting rule; `problem()` poses the virtual step on it.
 
-    model: nn.Module
-    params: dict[str, Tensor]
-    lrs: dict[str, float]
-    buffers: dict[str, Tensor]
-    inputs: tuple[Tensor, ...]
-    targets: Tensor
-    losses: Tensor
-    loss_fn: LossFn
+    Attributes:
+        extras: the inputs only some hypergradient modes use (RNG state, recorded primals, the last layer).
+        global_size: n summed over ranks (= n in one process).
+    """
+
     extras: ModeInputs
-    meta_inputs: tuple[Tensor, ...] = ()
-    meta_targets: Tensor | None = None
-    shards: Shards | None = None
-    global_size: int = 0  # n summed over ranks (= n in one process)
-    meta_fraction: float = 1.0  # this rank's m / M
-    precision: str = "fp32"
-    loss_scale: float = 1.0  # the gradient scaler's scale (1 without one)
+    global_size: int = 0
 
     def problem(self, meta_loss_fn: LossFn) -> VirtualStep:
         assert self.meta_targets is not None, "the step was given no meta batch"
-        return VirtualStep(self.model, self.params, self.lrs, self.buffers, self.inputs, self.targets, self.losses,
-                           self.meta_inputs, self.meta_targets, self.loss_fn, meta_loss_fn, self.shards,
-                           self.meta_fraction, self.precision, self.loss_scale)
+        batch = {f.name: getattr(self, f.name) for f in fields(BatchProblem)}
+        return VirtualStep(**batch, meta_loss_fn=meta_loss_fn)
 
     def normalizer(self, weights: Tensor, normalize: str) -> Tensor:
         """Z over every rank's samples, detached: Σ v ("sum", 1 when Σ v = 0) or the global n ("mean")."""
@@ -173,8 +164,9 @@ def reweighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tenso
         error = exc
     if shards is not None:
         sizes = shards.agree(error, [y.shape[0] if y.dim() else 0, 0 if meta is None else meta[1].shape[0]])
-        first.shards, first.global_size = shards, sizes[0]
-        first.meta_fraction = (first.meta_targets.shape[0] / sizes[1]) if first.meta_targets is not None else 1.0
+        first = replace(
+            first, shards=shards, global_size=sizes[0],
+            meta_fraction=(first.meta_targets.shape[0] / sizes[1]) if first.meta_targets is not None else 1.0)
     losses = first.losses
     with training_mode(module):
         try:
@@ -292,6 +284,7 @@ def _first_forward(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor
         extras = ModeInputs(rng_state=rng_state, last_layer=last_layer, features=full_precision(captured[0][0]),
                             logits=logits)
     scale = float(options.scaler.get_scale()) if options.scaler is not None and options.scaler.is_enabled() else 1.0
-    first = FirstForward(model, params, lrs, snapshot, inputs, y, losses, loss_fn, extras, meta_inputs,
-                         meta_targets, global_size=y.shape[0], precision=precision, loss_scale=scale)
+    first = FirstForward(model=model, params=params, lrs=lrs, buffers=snapshot, inputs=inputs, targets=y,
+                         losses=losses, loss_fn=loss_fn, meta_inputs=meta_inputs, meta_targets=meta_targets,
+                         precision=precision, loss_scale=scale, extras=extras, global_size=y.shape[0])
     return first, output, scratch

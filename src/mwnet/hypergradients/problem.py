@@ -24,8 +24,8 @@ from mwnet.precision import autocast, full_precision
 
 
 @dataclass(frozen=True)
-class VirtualStep:
-    """One batch's bi-level problem, as the step hands it to a hypergradient mode.
+class BatchProblem:
+    """What a step's first forward fixes about one batch, for the weighting rule and the hypergradient modes.
 
     Attributes:
         model: the classifier; called through `functional_call`, never mutated.
@@ -34,8 +34,8 @@ class VirtualStep:
         buffers: a snapshot of the model's buffers before the step; every pass runs on clones of it.
         inputs, targets: the training batch.
         losses: (n,) loss_fn(model(*inputs), targets), with its graph to `params` (the step's first forward).
-        meta_inputs, meta_targets: the meta batch.
-        loss_fn, meta_loss_fn: per-sample training loss and scalar meta loss (a mean over the meta batch).
+        loss_fn: per-sample training loss.
+        meta_inputs, meta_targets: the meta batch (empty and None when the step was given none).
         shards: under torch.distributed, the other ranks' shards of the global batches (mwnet.distributed): the
             virtual gradient and the meta gradient are summed over ranks; None in one process.
         meta_fraction: this rank's share m_r / M of the global meta batch (1 in one process).
@@ -51,10 +51,9 @@ class VirtualStep:
     inputs: tuple[Tensor, ...]
     targets: Tensor
     losses: Tensor
-    meta_inputs: tuple[Tensor, ...]
-    meta_targets: Tensor
     loss_fn: LossFn
-    meta_loss_fn: LossFn
+    meta_inputs: tuple[Tensor, ...] = ()
+    meta_targets: Tensor | None = None
     shards: Shards | None = None
     meta_fraction: float = 1.0
     precision: str = "fp32"
@@ -69,6 +68,18 @@ class VirtualStep:
     def train_losses(self, params: dict[str, Tensor]) -> Tensor:
         """Per-sample training losses (n,) at `params`."""
         return self.loss_fn(self.forward(params, self.inputs), self.targets)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VirtualStep(BatchProblem):
+    """One batch's bi-level problem, as the step hands it to a hypergradient mode: the batch (with its meta batch)
+    and the meta loss.
+
+    Attributes:
+        meta_loss_fn: scalar meta loss (a mean over the meta batch).
+    """
+
+    meta_loss_fn: LossFn
 
 
 @dataclass(frozen=True)
