@@ -30,7 +30,7 @@ from mwnet.experiment.markdown import count
 from mwnet.experiment.rundir import run_status
 from mwnet.experiment.runner import train
 from mwnet.experiment.signals import TrainingInterrupted
-from mwnet.experiment.workers import die_with_parent, sigint_ignored_while_starting
+from mwnet.experiment.workers import die_with_parent, sigint_deferred, sigint_ignored_while_starting
 from mwnet.methods.options import POSITIVE_INT
 
 Log = Callable[[str], None]
@@ -213,9 +213,12 @@ def _run_pool(tasks: list[Task], jobs: int, threads: int, epoch_lines: bool, log
                     log(_starting(tasks[started]))
                     started += 1
     except KeyboardInterrupt:
-        # The workers got the same SIGINT: running cells save a checkpoint and return; queued ones must not start.
+        # The workers got the same SIGINT: running cells save a checkpoint and return; queued ones must not start,
+        # and workers still starting up return as soon as they have started (the stop event). A second Ctrl-C
+        # stops the training workers at once, and the main process once they have all ended.
         stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+        with sigint_deferred():
+            pool.shutdown(wait=True, cancel_futures=True)
         for future, task in pending.items():
             if future.done() and not future.cancelled() and future.exception() is None:
                 outcome = future.result()

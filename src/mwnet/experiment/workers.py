@@ -67,6 +67,25 @@ def sigint_ignored_while_starting() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends, then raise it as KeyboardInterrupt. Around shutting a worker pool
+    down after a first Ctrl-C: a second one must not cut the shutdown short, or the pool's queues are freed (their
+    semaphores unlinked) while a worker still starting up reads them, and both print tracebacks. (Outside the
+    main thread: no effect.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _end_with(parent: multiprocessing.process.BaseProcess) -> None:
     parent.join()  # returns when the parent's end of the pipe closes: the parent has ended
     os._exit(ORPHAN_EXIT)  # at once, without cleanup: the last checkpoint on disk is what a rerun resumes
